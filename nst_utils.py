@@ -41,6 +41,9 @@ __all__ = [
     "vgg19_caffe", "vgg19_torchvision", "load_vgg19", "caffe_weights_path",
     "Monitor", "RunResult", "FrameRecorder", "save_gif", "optimize_gif",
     "pick_device",
+    "YIQ_FROM_RGB", "rgb_to_yiq", "yiq_to_rgb", "luminance_transfer", "match_color_histogram",
+    "blend_grams", "scale_style_image", "resize_tensor", "pyramid_sizes", "save_figure",
+    "comparison_figure", "in_notebook",
 ]
 
 PathLike = str | os.PathLike
@@ -106,30 +109,36 @@ def load_image(
     if max_size is not None and max_size < min_size:
         raise ParameterError(f"max_size={max_size} is below the minimum of {min_size} px.")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as on_error:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
+            on_error.callback(img.close)  # close the file if anything below fails
             n_frames = getattr(img, "n_frames", 1)
             if n_frames > 1:
                 warnings.warn(f"{path}: animated image with {n_frames} frames; using the first frame.", stacklevel=2)
                 img.seek(0)
             if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError("too many pixels")
+                raise Image.DecompressionBombError(
+                    f"{img.width}x{img.height} px exceeds nst_utils.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels")
             if max_size is not None and img.format == "JPEG":
                 img.draft("RGB", (max_size, max_size))  # decode JPEGs at reduced scale: fast, little memory
             img.load()
+            on_error.pop_all()  # loaded: keep it open until converted below
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
             f"{path}: {exc}. The image is too large to decode safely; shrink it with an image editor "
-            "first, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
+            "first, or, if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS and nst_utils.MAX_IMAGE_PIXELS."
         ) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{path}: not an image file Pillow can read. Use a JPEG, PNG or WebP file.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: the file is truncated or corrupt ({exc}). Re-download or re-export it.") from exc
 
-    img = ImageOps.exif_transpose(img)
-    img = _to_rgb(img, background)
+    opened = img
+    try:
+        img = _to_rgb(ImageOps.exif_transpose(opened), background)
+    finally:
+        opened.close()  # multi-frame files (GIF, WebP) stay open until closed
     if max_size is not None and max(img.size) > max_size:
         scale = max_size / max(img.size)
         new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
@@ -487,6 +496,8 @@ def load_vgg19(
     """
     if weights not in WEIGHTS_CHOICES:
         raise ParameterError(f"weights must be one of {WEIGHTS_CHOICES}, got {weights!r}")
+    if pooling not in ("max", "avg"):  # check before loading (or downloading) any weights
+        raise ParameterError(f"pooling must be 'max' or 'avg', got {pooling!r}")
     if weights == "auto":
         try:
             net = vgg19_torchvision(True, pooling=pooling)
@@ -524,12 +535,60 @@ def pick_device(preference: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(preference)
+    try:
+        dev = torch.device(preference)
+    except (RuntimeError, TypeError) as exc:  # e.g. device='gpu'
+        raise ParameterError(f"device={preference!r} is not a device; use 'auto', 'cpu', 'cuda' or 'mps'.") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ParameterError("device='cuda' but PyTorch sees no CUDA GPU; use device='auto' or 'cpu'.")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ParameterError("device='mps' but MPS is not available; use device='auto' or 'cpu'.")
     return dev
+
+
+def check_settings(**settings: object) -> None:
+    """Raise :class:`ParameterError` for a setting that cannot work, before any heavy work starts.
+
+    Knows the notebook's parameter names (``image_size``, ``num_evals``,
+    ``style_layers``, ``weights``, ...); other names are ignored. Each
+    message names the parameter, the value and what would work.
+    """
+    def bad(name: str, value: object, want: str) -> ParameterError:
+        return ParameterError(f"{name}={value!r}: {want}")
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name, value in settings.items():
+        if name in ("image_size", "extra_size", "hires_size") and value is not None:
+            if not is_int(value) or value < MIN_IMAGE_SIDE:
+                raise bad(name, value, f"must be a whole number of pixels >= {MIN_IMAGE_SIDE} (or None for the default)")
+        elif name in ("num_evals", "extra_evals"):
+            if not is_int(value) or value < 1:
+                raise bad(name, value, "must be a whole number of loss evaluations >= 1")
+        elif name in ("frame_every", "print_every"):
+            if not is_int(value) or value < 0:
+                raise bad(name, value, "must be a whole number >= 1 (or 0 to turn it off)")
+        elif name in ("content_weight", "style_weight", "tv_weight"):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise bad(name, value, "must be a finite number >= 0")
+        elif name == "lr":
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise bad(name, value, "must be a finite number > 0 (1.0 is L-BFGS's natural step)")
+        elif name in ("style_layers", "content_layers"):
+            if isinstance(value, str) or not value:
+                raise bad(name, value, "must be a non-empty list of layer names such as ['relu4_2']")
+            unknown = [v for v in value if v not in VGG19_LAYERS]
+            if unknown:
+                raise bad(name, value, f"unknown layer(s) {unknown}; valid names: {', '.join(VGG19_LAYERS)}")
+        elif name == "weights" and value not in WEIGHTS_CHOICES:
+            raise bad(name, value, f"must be one of {WEIGHTS_CHOICES}")
+        elif name == "pooling" and value not in ("max", "avg"):
+            raise bad(name, value, "must be 'max' or 'avg'")
+        elif name == "gif_frame_ms" and (not is_int(value) or value < 10):
+            raise bad(name, value, "must be a whole number of milliseconds >= 10 (browsers slow faster GIFs down)")
+        elif name == "sections" and value not in ("core", "all"):
+            raise bad(name, value, "must be 'core' (the tutorial) or 'all' (with the extras)")
 
 
 # --------------------------------------------------------------------------- GIF frames
@@ -596,7 +655,9 @@ def save_gif(
         durations[-1] = last_frame_ms
     target = _resolve_output(path, overwrite, protect)
     with _atomic_target(target) as tmp:
-        iio.imwrite(tmp, np.stack(arrays), extension=".gif", duration=durations, loop=loop)
+        # Pillow wants a plain number, not a list, when there is only one frame
+        duration = durations if len(durations) > 1 else durations[0]
+        iio.imwrite(tmp, np.stack(arrays), extension=".gif", duration=duration, loop=loop)
     return target
 
 
@@ -610,6 +671,11 @@ def optimize_gif(path: PathLike, *, colors: int | None = 256) -> bool:
         print("gifsicle is not installed, so the GIF stays uncompressed "
               "(apt-get install gifsicle, brew install gifsicle or conda install -c conda-forge gifsicle).")
         return False
+    if colors is None:  # pygifsicle always passes --colors, which merges the frames' palettes; skip it
+        import subprocess
+
+        subprocess.run(["gifsicle", "--batch", "-O3", "--no-warnings", str(path)], check=True)
+        return True
     from pygifsicle import gifsicle
 
     gifsicle(sources=str(path), optimize=True, colors=colors, options=["-O3", "--no-warnings"])
@@ -757,3 +823,400 @@ class Monitor:
         end = self._end if self._end is not None else time.perf_counter()
         return RunResult(self.best_image.clamp(0, 1), self.best_loss, self.history, self.recorder.frames,
                          self.stop_reason or "budget", end - self._start)
+
+
+# --------------------------------------------------------------------------- going further
+#
+# Helpers for the notebook's "Going further" part: keeping the content's colours
+# (Gatys et al. 2016, "Preserving colour in neural artistic style transfer",
+# arXiv:1606.05897), mixing several style images, the scale of the style, coarse-to-fine
+# runs, comparison figures and a test for a live Jupyter kernel.
+
+#: RGB -> YIQ (FCC NTSC 1953 coefficients, as in ``skimage.color.rgb2yiq``). Rows: Y, I, Q.
+#: Y is the luma in 0..1; I lies in about -0.60..0.60 and Q in about -0.52..0.52.
+YIQ_FROM_RGB: tuple[tuple[float, float, float], ...] = (
+    (0.299, 0.587, 0.114),
+    (0.59590059, -0.27455667, -0.32134392),
+    (0.21153661, -0.52273617, 0.31119955),
+)
+
+
+def _check_rgb_batch(image: Tensor, name: str = "image") -> None:
+    """Raise :class:`ParameterError` unless ``image`` is a floating-point ``[B, 3, H, W]`` tensor."""
+    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
+        shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ParameterError(f"{name}: expected an image tensor of shape [B, 3, H, W], got {shape}")
+    if not image.is_floating_point():
+        raise ParameterError(f"{name}: expected a floating-point tensor (RGB in 0..1), got {image.dtype}")
+
+
+def _apply_color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
+    """Multiply every pixel's 3-vector of ``[B, 3, H, W]`` by the 3x3 ``matrix`` (on the image's device/dtype)."""
+    return torch.einsum("ij,bjhw->bihw", matrix.to(device=image.device, dtype=image.dtype), image)
+
+
+def _yiq_matrix(inverse: bool = False) -> Tensor:
+    """:data:`YIQ_FROM_RGB` as a float64 CPU tensor, or its exact inverse (YIQ -> RGB)."""
+    m = torch.tensor(YIQ_FROM_RGB, dtype=torch.float64)
+    return torch.linalg.inv(m) if inverse else m
+
+
+def rgb_to_yiq(image: Tensor) -> Tensor:
+    r"""RGB ``[B, 3, H, W]`` in 0..1 -> YIQ ``[B, 3, H, W]`` (channels Y, I, Q).
+
+    A linear map, per pixel :math:`(Y, I, Q)^T = M (R, G, B)^T` with :math:`M` =
+    :data:`YIQ_FROM_RGB`::
+
+        Y = 0.299 R + 0.587 G + 0.114 B             (luminance, 0..1)
+        I = 0.596 R - 0.275 G - 0.321 B             (orange-blue chroma)
+        Q = 0.212 R - 0.523 G + 0.311 B             (purple-green chroma)
+
+    Gatys et al. (2016) use YIQ to separate luminance from colour. Stays on the
+    input's device; differentiable. :func:`yiq_to_rgb` is its exact inverse.
+    """
+    _check_rgb_batch(image)
+    return _apply_color_matrix(image, _yiq_matrix())
+
+
+def yiq_to_rgb(image: Tensor) -> Tensor:
+    """YIQ ``[B, 3, H, W]`` -> RGB ``[B, 3, H, W]`` (inverse of :func:`rgb_to_yiq`; not clipped)."""
+    _check_rgb_batch(image)
+    return _apply_color_matrix(image, _yiq_matrix(inverse=True))
+
+
+def luminance_transfer(stylized: Tensor, content: Tensor) -> Tensor:
+    """Keep the stylised image's luminance but the content image's colours.
+
+    The result has the Y channel of ``stylized`` and the I, Q (chroma) channels
+    of ``content`` (see :func:`rgb_to_yiq`), converted back to RGB and clipped to
+    0..1. This is the post-hoc form of Gatys et al.'s (2016) "luminance-only
+    transfer": the brush strokes and shading come from the style, the hues from
+    the photograph.
+
+    Args:
+        stylized: the style-transfer result, ``[B, 3, H, W]`` in 0..1.
+        content: the content image, same shape (moved to ``stylized``'s device).
+
+    Returns:
+        ``[B, 3, H, W]`` RGB in 0..1 on ``stylized``'s device.
+
+    Raises:
+        ParameterError: the shapes differ (resize one first, e.g. with :func:`resize_tensor`).
+    """
+    _check_rgb_batch(stylized, "stylized")
+    _check_rgb_batch(content, "content")
+    if stylized.shape != content.shape:
+        raise ParameterError(
+            f"stylized {list(stylized.shape)} and content {list(content.shape)} must have the same shape; "
+            "resize one of them first (resize_tensor(content, stylized.shape[-2:]))."
+        )
+    content = content.to(device=stylized.device, dtype=stylized.dtype)
+    yiq = torch.cat([rgb_to_yiq(stylized)[:, :1], rgb_to_yiq(content)[:, 1:]], dim=1)
+    return yiq_to_rgb(yiq).clamp(0, 1)
+
+
+def _color_stats(image: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image RGB mean ``[B, 3]`` and covariance ``[B, 3, 3]`` over all pixels (divided by ``H*W``), as CPU float64."""
+    flat = image.detach().reshape(image.shape[0], 3, -1).to(device="cpu", dtype=torch.float64)
+    mean = flat.mean(dim=2)
+    centred = flat - mean.unsqueeze(2)
+    return mean, centred @ centred.transpose(1, 2) / flat.shape[2]
+
+
+def _sym_power(cov: Tensor, power: float, eps: float) -> Tensor:
+    """``(cov + eps I)^power`` of symmetric ``[B, 3, 3]`` matrices via eigendecomposition (eigenvalues floored at 0)."""
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = (evals.clamp_min(0) + eps).pow(power)
+    return evecs @ torch.diag_embed(evals) @ evecs.transpose(1, 2)
+
+
+def _color_transfer_unclipped(source: Tensor, target_colors: Tensor, eps: float = 1e-5,
+                              method: str = "sqrt") -> Tensor:
+    """:func:`match_color_histogram` without the final clipping to 0..1."""
+    _check_rgb_batch(source, "source")
+    _check_rgb_batch(target_colors, "target_colors")
+    if target_colors.shape[0] not in (1, source.shape[0]):
+        raise ParameterError(
+            f"target_colors has a batch of {target_colors.shape[0]}; use 1 or the source's {source.shape[0]}"
+        )
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise ParameterError(f"eps must be a finite number >= 0, got {eps!r}")
+    mu_s, cov_s = _color_stats(source)
+    mu_t, cov_t = _color_stats(target_colors)
+    eye = torch.eye(3, dtype=torch.float64)
+    if method == "sqrt":
+        a = _sym_power(cov_t, 0.5, 0.0) @ _sym_power(cov_s, -0.5, eps)
+    elif method == "cholesky":
+        l_s = torch.linalg.cholesky(cov_s + eps * eye)
+        l_t = torch.linalg.cholesky(cov_t + eps * eye)
+        a = l_t @ torch.linalg.inv(l_s)
+    else:
+        raise ParameterError(f"method must be 'sqrt' or 'cholesky', got {method!r}")
+    a = a.expand(source.shape[0], 3, 3)
+    shift = (mu_t - (a @ mu_s.unsqueeze(2)).squeeze(2)).expand(source.shape[0], 3)
+    a = a.to(device=source.device, dtype=source.dtype)
+    shift = shift.to(device=source.device, dtype=source.dtype)
+    flat = source.reshape(source.shape[0], 3, -1)
+    return (a @ flat + shift.unsqueeze(2)).reshape(source.shape)
+
+
+def match_color_histogram(source: Tensor, target_colors: Tensor, eps: float = 1e-5, *,
+                          method: str = "sqrt") -> Tensor:
+    r"""Recolour ``source`` so its RGB mean and covariance equal those of ``target_colors``.
+
+    The linear "colour histogram matching" of Gatys et al. (2016): every pixel
+    :math:`x` (an RGB 3-vector) becomes :math:`A (x - \mu_s) + \mu_t`, where
+    :math:`\mu_s, \Sigma_s` are the mean and 3x3 covariance of ``source``'s pixels
+    and :math:`\mu_t, \Sigma_t` those of ``target_colors`` (covariances divided by
+    the pixel count), with
+
+    * ``method="sqrt"`` (default, the "Image Analogies" variant the paper
+      prefers): :math:`A = \Sigma_t^{1/2} (\Sigma_s + \epsilon I)^{-1/2}`, symmetric
+      matrix square roots from an eigendecomposition;
+    * ``method="cholesky"``: :math:`A = L_t L_s^{-1}` with
+      :math:`L L^T = \Sigma + \epsilon I`.
+
+    Both give :math:`A \Sigma_s A^T = \Sigma_t` up to :math:`\epsilon`. Typical use:
+    recolour the *style* image with the *content* image's colours before the
+    style transfer, so the result keeps the photograph's palette.
+
+    Args:
+        source: ``[B, 3, H, W]`` in 0..1, the image to recolour.
+        target_colors: ``[1, 3, H', W']`` or ``[B, 3, H', W']``; sizes may differ from ``source``.
+        eps: added to the covariances' diagonals (intensity^2) so that flat or
+            grey images, whose covariance is singular, still work.
+
+    Returns:
+        ``[B, 3, H, W]`` on ``source``'s device, clipped to 0..1 (clipping makes
+        the match approximate where colours fall outside the RGB cube).
+    """
+    return _color_transfer_unclipped(source, target_colors, eps, method).clamp(0, 1)
+
+
+def blend_grams(grams: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
+    """Weighted average of several style images' target Gram matrices, layer by layer.
+
+    Optimising towards the blend mixes the styles. Gram matrices (see
+    :func:`gram_matrix`) do not depend on the image size, so the style images
+    may have different sizes.
+
+    Args:
+        grams: one mapping per style image, layer name -> Gram matrix ``[B, C, C]``;
+            all must have the same layer names and shapes.
+        weights: one weight >= 0 per style image; normalised to sum to 1.
+            Styles with weight 0 are left out entirely.
+
+    Returns:
+        ``{layer: sum_k w_k * grams[k][layer]}`` with the normalised weights, in the
+        first mapping's layer order, on the first mapping's devices.
+
+    Raises:
+        ParameterError: no styles, a length mismatch, a negative, non-finite or
+            all-zero weight, or mismatched layer names or shapes.
+    """
+    if len(grams) == 0:
+        raise ParameterError("blend_grams needs at least one style's Gram matrices")
+    if len(grams) != len(weights):
+        raise ParameterError(f"{len(grams)} sets of Gram matrices but {len(weights)} weights")
+    ws = [float(w) for w in weights]
+    if any(not math.isfinite(w) or w < 0 for w in ws):
+        raise ParameterError(f"style weights must be finite and >= 0, got {list(weights)}")
+    total = sum(ws)
+    if total <= 0:
+        raise ParameterError("at least one style weight must be > 0")
+    layers = list(grams[0])
+    for k, g in enumerate(grams[1:], start=1):
+        if set(g) != set(layers):
+            raise ParameterError(f"style {k} has layers {sorted(g)}, style 0 has {sorted(layers)}")
+        for name in layers:
+            if g[name].shape != grams[0][name].shape:
+                raise ParameterError(f"layer {name!r}: style {k}'s Gram matrix has shape {list(g[name].shape)}, "
+                                     f"style 0's {list(grams[0][name].shape)}")
+    blended: dict[str, Tensor] = {}
+    for name in layers:
+        ref = grams[0][name]
+        acc: Tensor | None = None
+        for g, w in zip(grams, ws):
+            if w == 0:
+                continue
+            term = g[name].to(ref.device) * (w / total)
+            acc = term if acc is None else acc + term
+        blended[name] = acc
+    return blended
+
+
+def scale_style_image(
+    style: Image.Image,
+    content_size: tuple[int, int],
+    scale: float = 1.0,
+    min_size: int = MIN_IMAGE_SIDE,
+) -> Image.Image:
+    """Resize the style image so its long side is ``scale`` times the content's long side.
+
+    VGG19 sees a fixed number of pixels at each layer, so the size of the
+    style image sets the size of its patterns in the result: ``scale > 1``
+    gives larger brush strokes and motifs, ``scale < 1`` finer ones.
+
+    Args:
+        style: the style image (any size; its aspect ratio is kept).
+        content_size: the content image's ``(width, height)`` in pixels, as PIL's ``.size`` gives.
+        scale: long side of the result / long side of the content (> 0).
+        min_size: smallest allowed short side of the result in pixels.
+
+    Returns:
+        A new RGB image (Lanczos resampling); the input is left unchanged.
+
+    Raises:
+        ParameterError: ``scale <= 0``, a bad ``content_size``, or a result whose
+            short side would be below ``min_size`` (the message names the minimum).
+    """
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ParameterError(f"scale must be a number > 0, got {scale!r}")
+    if len(content_size) != 2 or any(int(s) != s or s < 1 for s in content_size):
+        raise ParameterError(f"content_size must be (width, height) in whole pixels >= 1, got {content_size!r}")
+    long_side = scale * max(content_size)
+    factor = long_side / max(style.size)
+    new_size = (max(1, round(style.width * factor)), max(1, round(style.height * factor)))
+    if min(new_size) < min_size:
+        raise ParameterError(
+            f"scale={scale} makes the style image {new_size[0]}x{new_size[1]} px; its short side must be at "
+            f"least {min_size} px. Use a larger scale or a larger content image."
+        )
+    img = style.convert("RGB")
+    if new_size == img.size:
+        return img.copy()
+    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0 if factor < 1 else None)
+
+
+def resize_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize an image tensor ``[B, 3, H, W]`` to ``size = (height, width)`` in pixels.
+
+    Bilinear interpolation, antialiased when a side shrinks (so no moire on
+    downscaling). Values stay inside the input's range (all weights are >= 0),
+    so 0..1 stays 0..1. Differentiable; stays on the input's device. Always
+    returns a new tensor.
+    """
+    _check_rgb_batch(image)
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ParameterError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
+    h, w = int(size[0]), int(size[1])
+    if (h, w) == tuple(image.shape[-2:]):
+        return image.clone()
+    shrinking = h < image.shape[-2] or w < image.shape[-1]
+    return torch.nn.functional.interpolate(image, size=(h, w), mode="bilinear", align_corners=False,
+                                           antialias=shrinking)
+
+
+def pyramid_sizes(
+    full_hw: tuple[int, int],
+    levels: int,
+    factor: float = 2.0,
+    min_side: int = MIN_IMAGE_SIDE,
+) -> list[tuple[int, int]]:
+    """Image sizes ``(height, width)`` for a coarse-to-fine run, smallest first.
+
+    Level ``k`` (counting down from the full size) is ``full_hw / factor**k``,
+    rounded; a level that would have a side below ``min_side`` is raised to
+    that short side (keeping the aspect ratio), and repeated sizes are dropped,
+    so a small image may get fewer than ``levels`` sizes. The last entry is
+    always ``full_hw``; ``levels=1`` gives ``[full_hw]``.
+
+    Raises:
+        ParameterError: ``levels < 1``, ``factor <= 1``, or ``full_hw`` with a
+            side below ``min_side``.
+    """
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+        raise ParameterError(f"levels must be a whole number >= 1, got {levels!r}")
+    if not (math.isfinite(factor) and factor > 1):
+        raise ParameterError(f"factor must be a number > 1, got {factor!r}")
+    if len(full_hw) != 2 or any(int(s) != s for s in full_hw):
+        raise ParameterError(f"full_hw must be (height, width) in whole pixels, got {full_hw!r}")
+    h, w = int(full_hw[0]), int(full_hw[1])
+    if min(h, w) < min_side:
+        raise ParameterError(f"full_hw={full_hw}: both sides must be at least min_side={min_side} px")
+    sizes: list[tuple[int, int]] = []
+    for k in range(levels - 1, -1, -1):
+        s = max(factor ** -k, min_side / min(h, w))
+        hw = (max(min_side, round(h * s)), max(min_side, round(w * s))) if k else (h, w)
+        if not sizes or sizes[-1] != hw:
+            sizes.append(hw)
+    return sizes
+
+
+def save_figure(
+    fig,
+    path: PathLike,
+    *,
+    dpi: float = 100,
+    overwrite: bool = False,
+    protect: Iterable[PathLike] = (),
+) -> Path:
+    """Write a matplotlib figure as a PNG file, atomically, and return the path written.
+
+    Like :func:`save_image`: without ``overwrite`` an existing file is kept
+    and the figure goes to the next free name (``compare-1.png``, ...); files in
+    ``protect`` are never overwritten. ``dpi`` is pixels per inch of figure size;
+    margins are trimmed (``bbox_inches="tight"``). A path without a suffix gets
+    ``.png``; another suffix raises :class:`ParameterError`.
+    """
+    path = Path(path)
+    if path.suffix == "":
+        path = path.with_suffix(".png")
+    if path.suffix.lower() != ".png":
+        raise ParameterError(f"{path}: save_figure writes PNG files; use a .png name")
+    if not (dpi > 0 and math.isfinite(dpi)):
+        raise ParameterError(f"dpi must be a number > 0, got {dpi!r}")
+    target = _resolve_output(path, overwrite, protect)
+    with _atomic_target(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return target
+
+
+def comparison_figure(
+    images: Sequence[Image.Image | Tensor],
+    titles: Sequence[str],
+    *,
+    suptitle: str | None = None,
+    ncols: int | None = None,
+    height: float = 3.0,
+):
+    """:func:`show_images` with one title per image required and an optional overall title.
+
+    For side-by-side comparisons (content, style, variants). ``height`` is one
+    row's height in inches. Returns the figure; write it with :func:`save_figure`.
+    """
+    if len(images) == 0:
+        raise ParameterError("comparison_figure needs at least one image")
+    if len(titles) != len(images):
+        raise ParameterError(f"{len(images)} images but {len(titles)} titles; give one title per image")
+    if ncols is not None and ncols < 1:
+        raise ParameterError(f"ncols must be >= 1, got {ncols!r}")
+    fig = show_images(images, titles, ncols=ncols, height=height)
+    if suptitle:
+        fig.suptitle(suptitle)
+        fig.tight_layout()
+    return fig
+
+
+def in_notebook() -> bool:
+    """``True`` only inside a running Jupyter kernel (an IPython ``ZMQInteractiveShell``).
+
+    ``False`` under plain Python, the IPython terminal and pytest, and also
+    whenever the environment variable ``NST_HEADLESS`` is set to anything but
+    ``""``, ``"0"``, ``"false"`` or ``"no"``: papermill and nbconvert also run a
+    kernel, and the notebook's headless runs set it to skip live previews.
+    Never imports IPython itself.
+    """
+    import sys
+
+    if os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    if get_ipython is None:
+        return False
+    try:
+        shell = get_ipython()
+    except Exception:  # noqa: BLE001 - a half-initialised IPython is not a notebook
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,0 +1,72 @@
+"""Shared pytest setup: import nst_utils from the repository root, headless matplotlib,
+small image factories and one copy of the real VGG19 (caffe weights) per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on CI, no windows popping up locally
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import nst_utils  # noqa: E402
+
+# Two cores: keep torch from oversubscribing them; the suite uses tiny tensors anyway.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def caffe_vgg() -> torch.nn.Sequential:
+    """The real VGG19 with the original (Caffe) ImageNet weights, loaded once (~1 s).
+
+    Shared by several tests: it is frozen and in eval mode, and tests must remove
+    any hook they register on it.
+    """
+    return nst_utils.vgg19_caffe()
+
+
+@pytest.fixture(scope="session")
+def caffe_state() -> dict:
+    """The raw quantised weights file, read independently of nst_utils' loader."""
+    return torch.load(nst_utils.caffe_weights_path(), map_location="cpu", weights_only=True)
+
+
+def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth but non-symmetric RGB test picture (so transposes and flips are detectable)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    arr = np.stack(
+        [x * 255.0 / max(width - 1, 1), y * 255.0 / max(height - 1, 1), np.full_like(x, 90.0, dtype=float)],
+        axis=-1,
+    )
+    arr += rng.normal(0, 3, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture
+def make_image(tmp_path):
+    """Factory: write a generated RGB image of the given size/format into tmp_path and return its path."""
+
+    def _make(name: str = "img.png", size: tuple[int, int] = (64, 48), seed: int = 0, **save_kwargs) -> Path:
+        path = tmp_path / name
+        gradient_image(*size, seed=seed).save(path, **save_kwargs)
+        return path
+
+    return _make
+
+
+@pytest.fixture
+def gradient():
+    """The :func:`gradient_image` factory, for tests that build pictures in memory."""
+    return gradient_image
