@@ -40,7 +40,8 @@ __all__ = [
     "VGG19_LAYERS", "CaffePreprocess", "TorchvisionPreprocess",
     "vgg19_caffe", "vgg19_torchvision", "load_vgg19", "caffe_weights_path",
     "Monitor", "RunResult", "FrameRecorder", "save_gif", "optimize_gif",
-    "pick_device",
+    "pick_device", "check_settings", "layer_index", "StopOptimization", "to_uint8_frame",
+    "MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "peak_rss_bytes", "device_name", "save_json",
     "YIQ_FROM_RGB", "rgb_to_yiq", "yiq_to_rgb", "luminance_transfer", "match_color_histogram",
     "blend_grams", "scale_style_image", "resize_tensor", "pyramid_sizes", "save_figure",
     "comparison_figure", "in_notebook",
@@ -69,9 +70,9 @@ class ParameterError(NSTError, ValueError):
 #: pixels on the short side the deepest style layer has almost nothing to see.
 MIN_IMAGE_SIDE = 32
 
-#: Images whose pixel count exceeds this are refused as likely decompression
-#: bombs (Pillow's own guard, made explicit so the message can say what to do).
-MAX_IMAGE_PIXELS = 20_000 * 20_000
+#: Images with more pixels than this (about 9459 x 9459, Pillow's own warning threshold) are
+#: refused as possible decompression bombs, with a message that says what to do.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 def load_image(
@@ -220,6 +221,9 @@ def _atomic_target(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -546,6 +550,44 @@ def pick_device(preference: str = "auto") -> torch.device:
     return dev
 
 
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name of the device, e.g. ``NVIDIA H100 80GB HBM3`` or the CPU model."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far, in bytes (0 where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if os.uname().sysname == "Darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
+    """Write ``data`` as indented JSON, atomically; returns the path written (next free name unless ``overwrite``)."""
+    import json
+
+    target = _resolve_output(path, overwrite, protect)
+    with _atomic_target(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return target
+
+
 def check_settings(**settings: object) -> None:
     """Raise :class:`ParameterError` for a setting that cannot work, before any heavy work starts.
 
@@ -720,6 +762,10 @@ class Monitor:
     loss or gradient stops being finite, or when the loss has stalled.
     Ctrl-C (``KeyboardInterrupt``) also ends the run and keeps the best image.
 
+    With ``live=True`` (meant for Jupyter) it shows a tqdm bar instead of log
+    lines and, every ``preview_every`` evaluations, the current image, updated
+    in place.
+
     Example::
 
         monitor = Monitor(num_evals=300)
@@ -737,18 +783,24 @@ class Monitor:
         print_every: int = 50,
         stall_patience: int = 60,
         stall_rtol: float = 1e-5,
+        live: bool = False,
+        preview_every: int = 0,
         log: Callable[[str], None] = print,
     ) -> None:
         if not isinstance(num_evals, int) or num_evals < 1:
             raise ParameterError(f"the number of evaluations must be a whole number >= 1, got {num_evals!r}")
-        if print_every < 0 or stall_patience < 1:
-            raise ParameterError("print_every must be >= 0 and stall_patience >= 1")
+        if print_every < 0 or stall_patience < 1 or preview_every < 0:
+            raise ParameterError("print_every and preview_every must be >= 0, stall_patience >= 1")
         self.num_evals = num_evals
         self.recorder = FrameRecorder(frame_every)
         self.print_every = print_every
         self.stall_patience = stall_patience
         self.stall_rtol = stall_rtol
         self.log = log
+        self.live = live
+        self.preview_every = preview_every if live else 0
+        self._bar = None
+        self._preview = None
         self.history: list[dict] = []
         self.best_image: Tensor | None = None
         self.best_loss = math.inf
@@ -777,7 +829,9 @@ class Monitor:
             self.best_loss, self._best_eval = value, n
             self.best_image = image.detach().clone()
         self.recorder.record(n, image)
-        if self.print_every and (n % self.print_every == 0 or n == 1):
+        if self.live:
+            self._show_live(n, value, image)
+        elif self.print_every and (n % self.print_every == 0 or n == 1):
             extras = "  ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("eval", "seconds", "loss"))
             self.log(f"eval {n:4d}/{self.num_evals}  loss {value:.4g}  {extras}  ({entry['seconds']:.1f} s)")
         if n >= self.num_evals:
@@ -786,6 +840,23 @@ class Monitor:
             self._stop("stalled", f"the loss has not improved for {self.stall_patience} evaluations "
                        f"(best {self.best_loss:.4g} at evaluation {self._best_eval}); L-BFGS stalled. "
                        "Try a different learning rate or loss weights.")
+
+    def _show_live(self, n: int, value: float, image: Tensor) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.num_evals, unit="eval", leave=True)
+        self._bar.update(1)
+        if n % 10 == 0 or n == 1:
+            self._bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+        if self.preview_every and (n % self.preview_every == 0 or n == 1) and torch.isfinite(image).all():
+            from IPython.display import display
+
+            picture = tensor_to_image(image)
+            if self._preview is None:
+                self._preview = display(picture, display_id=True)
+            else:
+                self._preview.update(picture)
 
     def _stop(self, reason: str, message: str) -> None:
         self.stop_reason = reason
@@ -800,6 +871,8 @@ class Monitor:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._end = time.perf_counter()
+        if self._bar is not None:
+            self._bar.close()
         if exc_type is None or issubclass(exc_type, StopOptimization):
             return True
         if issubclass(exc_type, KeyboardInterrupt):
