@@ -253,20 +253,24 @@ def save_image(
 
 
 def show_images(
-    images: Sequence[Image.Image | Tensor],
+    images: Sequence[Image.Image | Tensor | np.ndarray],
     titles: Sequence[str] | None = None,
     *,
     ncols: int | None = None,
     height: float = 3.5,
 ):
-    """Show images side by side in a matplotlib grid and return the figure.
+    """Show images (PIL, image tensors or ``uint8`` ``[H, W, 3]`` arrays) in a matplotlib grid; return the figure.
 
     ``height`` is the height of one row in inches; each column is as wide as
     the widest image's aspect ratio needs.
     """
     import matplotlib.pyplot as plt
 
-    pics = [tensor_to_image(im) if isinstance(im, Tensor) else im for im in images]
+    if len(images) == 0:
+        raise ParameterError("show_images needs at least one image")
+    pics = [tensor_to_image(im) if isinstance(im, Tensor)
+            else Image.fromarray(np.asarray(im, dtype=np.uint8)) if isinstance(im, np.ndarray) else im
+            for im in images]
     ncols = ncols or len(pics)
     nrows = math.ceil(len(pics) / ncols)
     aspect = max(p.width / p.height for p in pics)
