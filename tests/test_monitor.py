@@ -295,3 +295,33 @@ def test_update_outside_with_block_raises_stop():
     with pytest.raises(nst_utils.StopOptimization):
         monitor.update(x, x.sum())
     assert monitor.stop_reason == "budget" and len(monitor.history) == 1
+
+
+def test_live_mode_shows_a_progress_bar_and_an_in_place_preview(capsys, monkeypatch):
+    shown = []
+
+    class Handle:
+        def update(self, obj):
+            shown.append(("update", obj))
+
+    def fake_display(obj, display_id=False):
+        shown.append(("display", obj))
+        return Handle()
+
+    import IPython.display
+    monkeypatch.setattr(IPython.display, "display", fake_display)
+    lines: list[str] = []
+    monitor = Monitor(6, live=True, preview_every=2, print_every=1, log=lines.append)
+    ToyRun(monitor).run()
+    assert monitor.stop_reason == "budget" and len(monitor.history) == 6
+    assert lines == [], "live mode replaces the log lines"
+    assert "6/6" in capsys.readouterr().err, "a tqdm bar counted the evaluations"
+    kinds = [k for k, _ in shown]
+    assert kinds == ["display", "update", "update", "update"], "one preview, updated in place (evals 1, 2, 4, 6)"
+    assert all(obj.mode == "RGB" and obj.size == (8, 8) for _, obj in shown)
+
+
+def test_live_preview_off_without_live():
+    monitor = Monitor(3, live=False, preview_every=1, print_every=0)
+    ToyRun(monitor).run()
+    assert monitor.preview_every == 0 and monitor._bar is None

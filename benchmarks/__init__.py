@@ -1,0 +1,1 @@
+"""Benchmarks of the tutorial notebook against the official PyTorch tutorial's algorithm (see README.md)."""
