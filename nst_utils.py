@@ -710,12 +710,12 @@ def save_gif(
 def optimize_gif(path: PathLike, *, colors: int | None = 256) -> bool:
     """Shrink a GIF in place with ``gifsicle -O3`` (via pygifsicle) if the binary is installed.
 
-    Returns ``True`` if it ran, ``False`` (with a note) if ``gifsicle`` is missing;
-    the GIF stays valid either way.
+    Returns ``True`` if it ran, ``False`` if ``gifsicle`` is missing: then a
+    warning says so (Python shows it once per session) and the GIF is kept as it is.
     """
     if shutil.which("gifsicle") is None:
-        print("gifsicle is not installed, so the GIF stays uncompressed "
-              "(apt-get install gifsicle, brew install gifsicle or conda install -c conda-forge gifsicle).")
+        warnings.warn("gifsicle is not installed, so GIFs stay uncompressed (apt-get install gifsicle, "
+                      "brew install gifsicle or conda install -c conda-forge gifsicle).", stacklevel=1)
         return False
     if colors is None:  # pygifsicle always passes --colors, which merges the frames' palettes; skip it
         import subprocess
