@@ -138,8 +138,9 @@ def speedup(baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapp
     return out
 
 
-def summarize(baseline: Mapping, notebook: Mapping) -> dict:
-    """The comparison of two runs (dicts shaped like the notebook's run JSON)."""
+def summarize(baseline: Mapping | None, notebook: Mapping | None) -> dict:
+    """The comparison of two runs (dicts shaped like the notebook's run JSON; ``None`` for a failed run)."""
+    baseline, notebook = baseline or {"history": []}, notebook or {"history": []}
     bh, nh = baseline["history"], notebook["history"]
     final = float(bh[-1]["loss"]) if bh else math.nan
     finite = [float(h["loss"]) for h in bh if math.isfinite(float(h["loss"]))]
@@ -152,7 +153,8 @@ def summarize(baseline: Mapping, notebook: Mapping) -> dict:
         return {"evals": len(h), "stop_reason": run.get("stop_reason"), "seconds": run.get("seconds"),
                 "seconds_per_eval": per_eval_seconds(h), "peak_memory_mb": run.get("peak_memory_mb"),
                 "last_loss": float(h[-1]["loss"]) if h else math.nan, "best_loss": best_loss,
-                "best_eval": best_eval, "device_name": run.get("device_name"), "image_hw": run.get("image_hw")}
+                "best_eval": best_eval, "device_name": run.get("device_name"), "image_hw": run.get("image_hw"),
+                "threads": run.get("threads")}
 
     return {"baseline": side(baseline), "notebook": side(notebook),
             "to_final_loss": speedup(bh, nh, final), "to_best_loss": speedup(bh, nh, best)}
@@ -179,21 +181,25 @@ def markdown_section(entry: Mapping, meta: Mapping) -> str:
     if summary is None:
         return "\n".join(lines) + "\n"
     b, n = summary["baseline"], summary["notebook"]
-    hw = b["image_hw"] or n["image_hw"]
+    hw = b["image_hw"] or n["image_hw"]  # None where a run failed
     names = {b["device_name"], n["device_name"]} - {None}
     lines[0] += f" ({hw[1]}×{hw[0]} image)" if hw else ""
-    lines += ["", f"{' / '.join(sorted(names))}; PyTorch {meta['torch']}; {meta['threads']} torch threads; "
+
+    def row(label: str, cell) -> str:
+        """A table row; ``cell(side)`` formats one run, "failed" for a run that did not produce numbers."""
+        return f"| {label} | " + " | ".join(cell(x) if x["evals"] else "failed" for x in (b, n)) + " |"
+
+    def per_eval(x: Mapping) -> str:
+        return f"{_num(x['seconds_per_eval']['median'], '.3f')} ({_num(x['seconds_per_eval']['mean'], '.3f')})"
+
+    lines += ["", f"{' / '.join(sorted(names))}; PyTorch {meta['torch']}; torch threads: {b.get('threads') or meta['threads']}; "
               f"{meta['date']}", "",
               "| | official tutorial's algorithm | this notebook |", "|---|---:|---:|",
-              f"| evaluations run (stop) | {b['evals']} ({b['stop_reason']}) | {n['evals']} ({n['stop_reason']}) |",
-              f"| seconds per evaluation, median (mean) | {_num(b['seconds_per_eval']['median'], '.3f')} "
-              f"({_num(b['seconds_per_eval']['mean'], '.3f')}) | {_num(n['seconds_per_eval']['median'], '.3f')} "
-              f"({_num(n['seconds_per_eval']['mean'], '.3f')}) |",
-              f"| peak memory (MB) | {_num(b['peak_memory_mb'], '.0f')} | {_num(n['peak_memory_mb'], '.0f')} |",
-              f"| loss at its last evaluation | {_num(b['last_loss'], '.4g')} (eval {b['evals']}) | "
-              f"{_num(n['last_loss'], '.4g')} (eval {n['evals']}) |",
-              f"| best loss | {_num(b['best_loss'], '.4g')} (eval {b['best_eval']}) | "
-              f"{_num(n['best_loss'], '.4g')} (eval {n['best_eval']}) |"]
+              row("evaluations run (stop)", lambda x: f"{x['evals']} ({x['stop_reason']})"),
+              row("seconds per evaluation, median (mean)", per_eval),
+              row("peak memory (MB)", lambda x: _num(x["peak_memory_mb"], ".0f")),
+              row("loss at its last evaluation", lambda x: f"{_num(x['last_loss'], '.4g')} (eval {x['evals']})"),
+              row("best loss", lambda x: f"{_num(x['best_loss'], '.4g')} (eval {x['best_eval']})")]
     for key, label in (("to_final_loss", f"the baseline's loss at eval {b['evals']}"),
                        ("to_best_loss", "the baseline's best loss")):
         s = summary[key]
@@ -223,6 +229,32 @@ def _child_env(threads: int | None) -> dict:
     return env
 
 
+#: Lines of the notebook's output worth showing while it runs (papermill logs every cell otherwise).
+NOTEBOOK_PROGRESS = ("eval ", "Stopped", "device:", "RunResult", "main picture done", "wrote ")
+
+
+def _run_quietly(cmd: Sequence[str], env: dict, show) -> None:
+    """Run ``cmd`` in ROOT; echo the output lines that ``show`` accepts (a predicate, or prefixes).
+
+    On failure the last 60 lines are printed and :class:`RuntimeError` is raised.
+    """
+    if isinstance(show, tuple):
+        prefixes = show
+        show = lambda line: line.lstrip().startswith(prefixes)  # noqa: E731
+    tail: list[str] = []
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:
+        for line in proc.stdout:
+            tail = (tail + [line])[-60:]
+            if show(line):
+                print("   ", line.rstrip(), flush=True)
+    if proc.returncode:
+        print("".join(tail), file=sys.stderr, flush=True)
+        last = next((line.strip() for line in reversed(tail) if line.strip()), "")
+        raise RuntimeError(f"{Path(cmd[1]).name if cmd[1] != '-m' else cmd[2]} exited with status "
+                           f"{proc.returncode}: {last[:300]}")
+
+
 def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict) -> dict:
     """Run baseline_tutorial.py in a fresh Python process; return its run JSON."""
     json_out = out / f"baseline_{size}.json"
@@ -233,7 +265,7 @@ def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, o
            "--style-weight", repr(float(problem["style_weight"])),
            "--content-layers", *problem["content_layers"], "--style-layers", *problem["style_layers"],
            "--json-out", str(json_out), "--image-out", str(out / f"baseline_{size}.png")]
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    _run_quietly(cmd, env, lambda line: True)
     return json.loads(json_out.read_text(encoding="utf-8"))
 
 
@@ -249,8 +281,8 @@ def run_notebook_process(size: int, evals: int, problem: Mapping, device: str, o
     params_file = nb_dir / "parameters.json"  # JSON is YAML, which papermill's -f reads
     params_file.write_text(json.dumps(parameters, indent=1), encoding="utf-8")
     cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(nb_dir / "executed.ipynb"), "-f", str(params_file),
-           "-k", kernel, "--cwd", str(ROOT), "--no-progress-bar", "--log-output", "--log-level", "WARNING"]
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+           "-k", kernel, "--cwd", str(ROOT), "--no-progress-bar", "--log-output", "--log-level", "INFO"]
+    _run_quietly(cmd, env, NOTEBOOK_PROGRESS)
     if not run_json.is_file():
         raise RuntimeError(f"the notebook ran but wrote no {run_json}")
     return json.loads(run_json.read_text(encoding="utf-8"))
@@ -329,12 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 entry[side] = run()
-            except (subprocess.CalledProcessError, OSError, RuntimeError, ValueError) as exc:
+            except (OSError, RuntimeError, ValueError) as exc:
                 entry["errors"][side] = str(exc)
                 print(f"{side} at {size} px failed: {exc}", file=sys.stderr, flush=True)
             print(f"({side} process took {time.perf_counter() - t0:.0f} s in all)", flush=True)
-        if "baseline" in entry and "notebook" in entry:
-            entry["summary"] = summarize(entry["baseline"], entry["notebook"])
+        if "baseline" in entry or "notebook" in entry:
+            entry["summary"] = summarize(entry.get("baseline"), entry.get("notebook"))
         entries.append(entry)
         print("\n" + markdown_section(entry, meta), flush=True)
         # after every size, so that a failure later keeps what is done
