@@ -319,3 +319,29 @@ def test_pick_device_auto_returns_usable_device():
 def test_layer_names_are_python_identifiers():
     """Named children can be reached as attributes (net.relu4_2)."""
     assert all(re.fullmatch(r"[a-z]+\d(_\d)?", n) for n in VGG19_LAYERS)
+
+
+def test_auto_weights_fall_back_to_the_original_ones_offline(monkeypatch, capsys):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(nst_utils, "vgg19_torchvision", offline)
+    net = nst_utils.load_vgg19("auto")
+    assert isinstance(net.preprocess, nst_utils.CaffePreprocess)
+    assert "using the caffe VGG19 weights" in capsys.readouterr().out
+
+
+def test_auto_weights_prefer_torchvision_when_available(monkeypatch, capsys):
+    monkeypatch.setattr(nst_utils, "vgg19_torchvision",
+                        lambda pretrained=True, pooling="max": nst_utils._named_vgg19(
+                            nst_utils.TorchvisionPreprocess(),
+                            [torch.nn.Conv2d(i, o, 3, padding=1) for i, o in _CONV_SHAPES], pooling))
+    net = nst_utils.load_vgg19("auto")
+    assert isinstance(net.preprocess, nst_utils.TorchvisionPreprocess)
+    assert "using the torchvision VGG19 weights" in capsys.readouterr().out
+
+
+_CONV_SHAPES = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256)] + [(256, 256)] * 3 + \
+    [(256, 512)] + [(512, 512)] * 7
