@@ -707,8 +707,11 @@ def save_gif(
     return target
 
 
-def optimize_gif(path: PathLike, *, colors: int | None = 256) -> bool:
+def optimize_gif(path: PathLike, *, colors: int | None = 256, lossy: int | None = None) -> bool:
     """Shrink a GIF in place with ``gifsicle -O3`` (via pygifsicle) if the binary is installed.
+
+    ``lossy`` (e.g. 40; gifsicle >= 1.92) trades a little noise for files several
+    times smaller; ``None`` keeps every pixel of the palette image.
 
     Returns ``True`` if it ran, ``False`` if ``gifsicle`` is missing: then a
     warning says so (Python shows it once per session) and the GIF is kept as it is.
@@ -720,11 +723,13 @@ def optimize_gif(path: PathLike, *, colors: int | None = 256) -> bool:
     if colors is None:  # pygifsicle always passes --colors, which merges the frames' palettes; skip it
         import subprocess
 
-        subprocess.run(["gifsicle", "--batch", "-O3", "--no-warnings", str(path)], check=True)
+        extra = [f"--lossy={int(lossy)}"] if lossy else []
+        subprocess.run(["gifsicle", "--batch", "-O3", "--no-warnings", *extra, str(path)], check=True)
         return True
     from pygifsicle import gifsicle
 
-    gifsicle(sources=str(path), optimize=True, colors=colors, options=["-O3", "--no-warnings"])
+    options = ["-O3", "--no-warnings"] + ([f"--lossy={int(lossy)}"] if lossy else [])
+    gifsicle(sources=str(path), optimize=True, colors=colors, options=options)
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,18 @@ def test_optimize_gif_without_gifsicle(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="gifsicle is not installed.*install"):
         assert nst_utils.optimize_gif(path) is False
     assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(not HAS_GIFSICLE and not os.environ.get("CI"),
+                    reason="the gifsicle binary is not installed (optional tool; CI installs it)")
+def test_optimize_gif_lossy_makes_noisy_gifs_much_smaller(tmp_path):
+    rng = np.random.default_rng(0)
+    photo = Path(__file__).resolve().parents[1] / "assets" / "inputs" / "dog.jpg"
+    base = np.asarray(nst_utils.load_image(photo, 64), dtype=int)  # 64x48, like a picture being optimised
+    frames = [np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8) for _ in range(6)]
+    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif")
+    lossy = nst_utils.save_gif(frames, tmp_path / "lossy.gif")
+    assert nst_utils.optimize_gif(plain) and nst_utils.optimize_gif(lossy, lossy=80)
+    assert lossy.stat().st_size < 0.8 * plain.stat().st_size
+    with Image.open(lossy) as gif:
+        assert gif.n_frames == 6 and gif.size == (64, 48)

@@ -94,7 +94,7 @@ def test_tour_sections_ran_and_saved_their_figures(full_run):
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
-    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] if c["cell_type"] == "code"
+    images = sum(any(k.startswith("image/") for k in o.get("data", {})) for c in nb["cells"] if c["cell_type"] == "code"
                  for o in c.get("outputs", []))
     assert images >= 12, "every section shows its pictures"
 
