@@ -188,3 +188,9 @@ def test_summary_and_table_when_the_notebook_never_gets_there():
     assert table.count("\n|") >= 9
     failed = markdown_section({"size": 64, "errors": {"notebook": "boom"}}, meta)
     assert "notebook failed" in failed and "boom" in failed
+
+
+def test_baseline_handles_content_and_style_of_different_shapes():
+    # at 256 px the dog is 256x192 and the Starry Night 256x204: their relu4_2 maps differ in height
+    run = run_baseline(CONTENT, STYLE, 256, 2, C_WEIGHT, S_WEIGHT, C_LAYERS, S_LAYERS, "cpu")
+    assert run["evals"] == 2 and all(math.isfinite(h["loss"]) for h in run["history"])
