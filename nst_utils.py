@@ -191,8 +191,7 @@ def tensor_to_image(tensor: Tensor) -> Image.Image:
         raise ParameterError(f"expected shape [1, 3, H, W] or [3, H, W], got {list(tensor.shape)}")
     if not torch.isfinite(t).all():
         raise NSTError("the image tensor holds NaN or infinite values; refusing to turn it into a picture")
-    arr = (t.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr, mode="RGB")
+    return Image.fromarray(to_uint8_frame(t), mode="RGB")
 
 
 def next_free_path(path: PathLike) -> Path:
