@@ -69,6 +69,16 @@ def test_style_loss_falls_by_a_large_factor(full_run):
     assert history[-1]["seconds"] > 0 and run["seconds_per_eval"] > 0 and run["peak_memory_mb"] > 0
 
 
+def test_no_evaluation_is_spent_on_the_point_just_evaluated(full_run):
+    # Each LBFGS.step() call starts by evaluating the point it stands on, which the previous call
+    # ended on; with one step() call for the whole budget (max_iter=num_evals) that never happens.
+    # A repeated point shows up as two consecutive evaluations with exactly the same loss.
+    out, _, _ = full_run
+    history = json.loads((out / "dog_starry_night.json").read_text())["history"]
+    repeats = [b["eval"] for a, b in zip(history, history[1:]) if b["loss"] == a["loss"]]
+    assert not repeats, f"evaluations {repeats} re-evaluated the point before them"
+
+
 def test_png_and_gif_written_without_touching_earlier_results(full_run):
     out, _, earlier = full_run
     assert Image.open(earlier).getpixel((0, 0)) == (1, 2, 3), "an earlier result was overwritten"
