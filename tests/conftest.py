@@ -42,6 +42,26 @@ def caffe_state() -> dict:
     return torch.load(nst_utils.caffe_weights_path(), map_location="cpu", weights_only=True)
 
 
+def vgg_activations(net: torch.nn.Sequential, x: torch.Tensor, names) -> dict:
+    """Run ``x`` [B, 3, H, W] through the children of ``net`` in order; return {name: output} for
+    the children called ``names``, stopping after the last of them (no hooks left behind)."""
+    wanted = set(names)
+    out = {}
+    for name, module in net.named_children():
+        x = module(x)
+        if name in wanted:
+            out[name] = x
+            if len(out) == len(wanted):
+                break
+    return out
+
+
+@pytest.fixture
+def activations():
+    """The :func:`vgg_activations` helper, for tests that look inside the network."""
+    return vgg_activations
+
+
 def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
     """A smooth but non-symmetric RGB test picture (so transposes and flips are detectable)."""
     rng = np.random.default_rng(seed)

@@ -167,21 +167,10 @@ def test_pick_device_not_a_device(name):
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
+USED_LAYERS = (*STYLE_LAYERS, CONTENT_LAYER)
 
 
-def _features(net, x):
-    wanted = set(STYLE_LAYERS) | {CONTENT_LAYER}
-    out = {}
-    for name, module in net.named_children():
-        x = module(x)
-        if name in wanted:
-            out[name] = x
-            if len(out) == len(wanted):
-                break
-    return out
-
-
-def test_content_and_style_of_different_sizes_and_aspect_ratios(caffe_vgg, make_image):
+def test_content_and_style_of_different_sizes_and_aspect_ratios(caffe_vgg, make_image, activations):
     """A landscape 64x40 content image and a portrait 50x90 style image: Gram matrices do not
     depend on the spatial size, so the style loss is defined and differentiable w.r.t. an image
     of the content's shape."""
@@ -190,12 +179,12 @@ def test_content_and_style_of_different_sizes_and_aspect_ratios(caffe_vgg, make_
     assert content.shape == (1, 3, 40, 64) and style.shape == (1, 3, 90, 50)
 
     with torch.no_grad():
-        style_grams = {k: nst_utils.gram_matrix(v) for k, v in _features(caffe_vgg, style).items() if k in STYLE_LAYERS}
-        content_target = _features(caffe_vgg, content)[CONTENT_LAYER]
+        style_grams = {k: nst_utils.gram_matrix(v) for k, v in activations(caffe_vgg, style, USED_LAYERS).items() if k in STYLE_LAYERS}
+        content_target = activations(caffe_vgg, content, USED_LAYERS)[CONTENT_LAYER]
     assert style_grams["relu5_1"].shape == (1, 512, 512)
 
     x = content.clone().requires_grad_(True)
-    feats = _features(caffe_vgg, x)
+    feats = activations(caffe_vgg, x, USED_LAYERS)
     assert feats["relu5_1"].shape == (1, 512, 2, 4)  # 40x64 halved four times
     s_loss = sum(nst_utils.style_loss(feats[k], style_grams[k]) for k in STYLE_LAYERS)
     c_loss = nst_utils.content_loss(feats[CONTENT_LAYER], content_target)

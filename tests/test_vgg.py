@@ -279,19 +279,7 @@ def _smooth(h, w):
     return torch.stack([x, 1 - y, 0.3 + 0.4 * x * y]).unsqueeze(0)
 
 
-def _activations(net: nn.Sequential, x: torch.Tensor, names) -> dict:
-    """Run ``x`` through the children of ``net`` in order, keeping the outputs called ``names``."""
-    out = {}
-    for name, module in net.named_children():
-        x = module(x)
-        if name in names:
-            out[name] = x
-        if len(out) == len(names):
-            break
-    return out
-
-
-def test_real_weights_features_are_stable_and_discriminative(caffe_vgg):
+def test_real_weights_features_are_stable_and_discriminative(caffe_vgg, activations):
     """A slightly noised copy of an image must stay much closer in feature space than another image."""
     torch.manual_seed(0)
     a = _smooth(48, 48)
@@ -299,7 +287,7 @@ def test_real_weights_features_are_stable_and_discriminative(caffe_vgg):
     b = _stripes(48, 48)
     layers = ("relu2_1", "relu3_1", "relu4_1")
     with torch.no_grad():
-        fa, fn, fb = (_activations(caffe_vgg, x, layers) for x in (a, a_noisy, b))
+        fa, fn, fb = (activations(caffe_vgg, x, layers) for x in (a, a_noisy, b))
     for layer in layers:
         near = float((fa[layer] - fn[layer]).norm() / fa[layer].norm())
         far = float((fa[layer] - fb[layer]).norm() / fa[layer].norm())
