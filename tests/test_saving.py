@@ -1,0 +1,310 @@
+"""Saving that never overwrites or loses a file: save_image, save_gif, save_figure, save_json, OutputDir.
+
+The rules, for every kind of file: an existing file is kept and the new one goes to the next free
+name (``name-1.ext``); ``overwrite=True`` replaces it, except a protected input (also reached through
+a symlink or hard link); parallel saves to one name never clobber each other; an unwritable folder
+is a ParameterError; no temporary or partial file is left behind, even by a killed save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+import nst_utils
+from nst_utils import OutputDir, ParameterError
+
+PRECIOUS = b"the user's own file, not to be lost"
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    return (40 * i % 256, 255 - 30 * i % 256, 100 + 20 * i % 156)
+
+
+def _figure(i: int) -> Figure:
+    fig = Figure(figsize=(0.5, 0.5), dpi=40)  # no pyplot: nothing to close
+    fig.patch.set_facecolor(np.array(_colour(i)) / 255)
+    return fig
+
+
+# kind -> (suffix, save(path_or_name, i, saver) using a module function or an OutputDir method, read(path) -> i)
+def _read_colour(path: Path) -> int:
+    with Image.open(path) as im:
+        rgb = im.convert("RGB").getpixel((im.width // 2, im.height // 2))
+    return next(i for i in range(8) if np.abs(np.subtract(rgb, _colour(i))).max() <= 2)
+
+
+KINDS = {
+    "image": (".png", lambda save, p, i, **kw: save.save_image(Image.new("RGB", (32, 32), _colour(i)), p, **kw),
+              _read_colour),
+    "gif": (".gif", lambda save, p, i, **kw: save.save_gif([np.full((32, 32, 3), _colour(i), np.uint8)] * 2, p, **kw),
+            _read_colour),
+    "figure": (".png", lambda save, p, i, **kw: save.save_figure(_figure(i), p, **kw), _read_colour),
+    "json": (".json", lambda save, p, i, **kw: save.save_json({"i": i}, p, **kw),
+             lambda path: json.loads(path.read_text())["i"]),
+}
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request):
+    return request.param
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+# --------------------------------------------------------------------------- never overwrite, unless asked
+
+
+def test_existing_file_is_kept_and_next_free_name_used_unless_overwrite(tmp_path, kind):
+    suffix, save, read = KINDS[kind]
+    user = tmp_path / f"name{suffix}"
+    user.write_bytes(PRECIOUS)
+    first = save(nst_utils, user, 1)
+    second = save(nst_utils, str(user), 2)
+    assert (first, second) == (tmp_path / f"name-1{suffix}", tmp_path / f"name-2{suffix}")
+    assert user.read_bytes() == PRECIOUS
+    assert (read(first), read(second)) == (1, 2)
+    assert save(nst_utils, first, 3, overwrite=True) == first  # asked for: replaced in place
+    assert read(first) == 3 and read(second) == 2
+    assert _listing(tmp_path) == sorted(p.name for p in (user, first, second))  # no temporaries either
+
+
+@pytest.mark.parametrize("link", ["itself", "other spelling", "symlink", "hard link", "protect is a symlink"])
+def test_protected_input_is_never_replaced_even_with_overwrite(tmp_path, kind, link):
+    suffix, save, read = KINDS[kind]
+    src = tmp_path / f"input{suffix}"
+    src.write_bytes(PRECIOUS)
+    target, protect = src, src
+    if link == "other spelling":
+        target, protect = tmp_path / "." / src.name, str(src)
+    elif link == "symlink":
+        target = tmp_path / f"out{suffix}"
+        target.symlink_to(src)
+    elif link == "hard link":
+        target = tmp_path / f"out{suffix}"
+        os.link(src, target)
+    elif link == "protect is a symlink":
+        protect = tmp_path / "alias"
+        protect.symlink_to(src)
+    out = save(nst_utils, target, 5, overwrite=True, protect=[protect, None])
+    assert src.read_bytes() == PRECIOUS and target.read_bytes() == PRECIOUS
+    assert out.name == f"{Path(target).stem}-1{suffix}" and read(out) == 5
+
+
+def test_protecting_one_file_does_not_block_overwriting_another(tmp_path):
+    src = tmp_path / "input.png"
+    src.write_bytes(PRECIOUS)
+    link = tmp_path / "out.png"
+    link.symlink_to(src)  # not protected: the link is replaced, the file it pointed to is still kept
+    out = nst_utils.save_image(Image.new("RGB", (32, 32), _colour(1)), link, overwrite=True, protect=["elsewhere.png"])
+    assert out == link and not link.is_symlink() and _read_colour(link) == 1
+    assert src.read_bytes() == PRECIOUS
+
+
+def test_output_dir_applies_the_same_rules_to_every_kind(tmp_path, kind):
+    suffix, save, read = KINDS[kind]
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / f"overview{suffix}").write_bytes(PRECIOUS)
+    out = OutputDir(folder, overwrite=True, protect=[folder / f"overview{suffix}"])
+    assert save(out, f"overview{suffix}", 1) == folder / f"overview-1{suffix}"
+    assert (folder / f"overview{suffix}").read_bytes() == PRECIOUS
+    assert save(out, f"run{suffix}", 2) == save(out, f"run{suffix}", 3) == folder / f"run{suffix}"  # overwrite=True
+    assert read(folder / f"run{suffix}") == 3
+    keep = OutputDir(folder)  # the default: nothing is overwritten
+    assert save(keep, f"run{suffix}", 4) == folder / f"run-1{suffix}"
+    assert read(folder / f"run{suffix}") == 3 and read(folder / f"run-1{suffix}") == 4
+    assert len(os.listdir(folder)) == 4
+
+
+@pytest.mark.parametrize("bad", ["false", "True", 1, None])
+def test_output_dir_overwrite_must_be_a_boolean(tmp_path, bad):
+    with pytest.raises(ParameterError, match="overwrite"):
+        OutputDir(tmp_path, overwrite=bad)
+
+
+# --------------------------------------------------------------------------- parallel saves
+
+
+def _race_save(barrier, results, index: int, folder: str, saves: int) -> None:
+    pictures = [Image.new("RGB", (8, 8), (40 * index, 6 * k, 77)) for k in range(saves)]
+    barrier.wait(timeout=30)
+    paths = [str(nst_utils.save_image(picture, Path(folder) / "name.png")) for picture in pictures]
+    results.put((index, paths))
+
+
+@pytest.fixture(scope="module")
+def mp():
+    """Separate processes that start at once: forked where possible (the children only use PIL and
+    files, never torch), else spawned (each then imports torch: slower, but the same race)."""
+    return multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+
+
+def test_parallel_saves_to_one_name_never_overwrite_each_other(tmp_path, mp):
+    n, saves = 6, 40
+    barrier, results = mp.Barrier(n), mp.Queue()
+    procs = [mp.Process(target=_race_save, args=(barrier, results, i, str(tmp_path), saves)) for i in range(n)]
+    for p in procs:
+        p.start()
+    reported = dict(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    paths = [path for index in range(n) for path in reported[index]]
+    assert len(set(paths)) == n * saves  # each save got its own file ...
+    assert _listing(tmp_path) == sorted(["name.png"] + [f"name-{k}.png" for k in range(1, n * saves)])
+    for index in range(n):  # ... and each picture is intact where its process said
+        for k, path in enumerate(reported[index]):
+            with Image.open(path) as im:
+                assert np.all(np.asarray(im.convert("RGB")) == (40 * index, 6 * k, 77))
+
+
+def _slow_gif(folder: str, started) -> None:
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(16)]  # seconds of encoding
+    started.set()
+    nst_utils.save_gif(frames, Path(folder) / "big.gif")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the sweep of stale temporaries are POSIX only")
+def test_killed_save_leaves_nothing_but_complete_files(tmp_path, mp):
+    started = mp.Event()
+    proc = mp.Process(target=_slow_gif, args=(str(tmp_path), started))
+    proc.start()
+    assert started.wait(timeout=60)
+    time.sleep(0.3)
+    proc.kill()
+    proc.join(timeout=10)
+    assert proc.exitcode == -signal.SIGKILL  # really killed in the middle of the save
+    for name in os.listdir(tmp_path):  # a complete GIF, or a hidden temporary of the dead process
+        if name.startswith("."):
+            assert name.startswith(f".big.gif.{proc.pid}-") and name.endswith(".nst-tmp")
+        else:
+            with Image.open(tmp_path / name) as im:
+                assert im.n_frames == 16
+    nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "next.png")  # the next save cleans up
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
+
+
+def test_stale_temporary_of_a_dead_process_is_swept_live_ones_kept(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid now belongs to no process
+    dead = tmp_path / f".result.png.{child.pid}-abcd1234.nst-tmp"
+    live = tmp_path / f".result.png.{os.getpid()}-abcd1234.nst-tmp"  # a save in progress: not to be touched
+    other = tmp_path / ".result.png.notes"
+    for p in (dead, live, other):
+        p.write_bytes(b"partial")
+    nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "result.png")
+    assert _listing(tmp_path) == sorted([live.name, other.name, "result.png"])
+
+
+# --------------------------------------------------------------------------- failures: clear errors, nothing left behind
+
+
+@pytest.mark.parametrize("where", ["parent is a file", "read-only folder"])
+def test_unwritable_folder_is_a_parameter_error_naming_the_path(tmp_path, kind, where):
+    suffix, save, _ = KINDS[kind]
+    if where == "parent is a file":
+        (tmp_path / "notes.txt").write_text("a file, not a folder")
+        target = tmp_path / "notes.txt" / "sub" / f"out{suffix}"
+    elif os.name == "posix" and os.geteuid() == 0:  # root ignores permission bits: use a folder no one can write
+        target = Path(f"/proc/nst-test-{os.getpid()}/out{suffix}")
+    else:
+        target = tmp_path / "locked" / f"out{suffix}"
+        target.parent.mkdir(mode=0o500)
+    try:
+        with pytest.raises(ParameterError, match="cannot write there") as info:
+            save(nst_utils, target, 1)
+    finally:
+        if target.parent.name == "locked":
+            target.parent.chmod(0o700)
+    assert str(target.parent) in str(info.value) and not isinstance(info.value, OSError)
+
+
+def test_broken_data_raises_before_anything_is_written(tmp_path, device):
+    nan = torch.full((1, 3, 32, 32), float("nan"), device=device)
+    folder = tmp_path / "never"
+    with pytest.raises(ParameterError, match="NaN"):
+        nst_utils.save_image(nan, folder / "r.png")
+    with pytest.raises(ParameterError, match="NaN"):
+        OutputDir(folder).save_gif([torch.rand(1, 3, 32, 32, device=device), nan], "r.gif")
+    with pytest.raises(TypeError):
+        nst_utils.save_json({"model": object()}, folder / "r.json")
+    with pytest.raises(ParameterError, match="RGBA"):
+        nst_utils.save_image(Image.new("RGBA", (32, 32)), folder / "r.jpg")
+    assert not folder.exists()
+
+
+# --------------------------------------------------------------------------- save_image
+
+
+def test_save_image_tensor_round_trip_is_exact(tmp_path, device):
+    levels = torch.randint(0, 256, (1, 3, 24, 40), generator=torch.Generator().manual_seed(0))
+    out = nst_utils.save_image((levels / 255).to(device), tmp_path / "r.png")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (40, 24)
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), levels[0].permute(1, 2, 0).numpy())
+
+
+@pytest.mark.parametrize("name, fmt", [("r.png", "PNG"), ("r.jpg", "JPEG"), ("r.JPEG", "JPEG")])
+def test_save_image_format_follows_the_suffix(tmp_path, gradient, name, fmt):
+    src = gradient(40, 32)
+    out = nst_utils.save_image(src, tmp_path / name)
+    with Image.open(out) as im:
+        assert im.format == fmt and im.size == src.size
+        assert np.abs(np.asarray(im.convert("RGB"), dtype=int) - np.asarray(src, dtype=int)).mean() < 3
+
+
+@pytest.mark.parametrize("name, words", [("result.xyz", "unknown image file type"), ("result", "unknown image"),
+                                         ("folder.png", "is a folder")])
+def test_save_image_refuses_bad_paths(tmp_path, name, words):
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ParameterError, match=words) as info:
+        nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / name, overwrite=True)
+    assert name in str(info.value)
+    assert _listing(tmp_path) == ["folder.png"] and not os.listdir(tmp_path / "folder.png")
+
+
+def test_save_image_creates_folders_and_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = nst_utils.save_image(Image.new("RGB", (32, 32), _colour(2)), "~/a/b/r.png")
+    assert out == tmp_path / "a" / "b" / "r.png" and _read_colour(out) == 2
+
+
+# --------------------------------------------------------------------------- save_figure, save_json
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG\r\n\x1a\n"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_save_figure_format_follows_the_suffix(tmp_path, suffix, magic):
+    out = nst_utils.save_figure(_figure(1), tmp_path / f"fig{suffix}")
+    assert out.read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize("name", ["fig.xyz", "fig"])
+def test_save_figure_refuses_unknown_types(tmp_path, name):
+    with pytest.raises(ParameterError, match="unknown figure file type"):
+        nst_utils.save_figure(_figure(1), tmp_path / name)
+    assert _listing(tmp_path) == []
+
+
+def test_save_json_round_trips_and_writes_nan_as_null(tmp_path):
+    data = {"loss": [1.5, 0.25], "name": "dog", "nested": {"n": 3, "ok": True, "none": None}, "pair": [1, "a"]}
+    assert json.loads(nst_utils.save_json(data, tmp_path / "r.json").read_text()) == data
+    odd = {"nan": math.nan, "inf": [math.inf], "np": np.float32(0.5), "t": torch.tensor(2.0), "tuple": (1, 2)}
+    assert json.loads(nst_utils.save_json(odd, tmp_path / "odd.json").read_text()) == {
+        "nan": None, "inf": [None], "np": 0.5, "t": 2.0, "tuple": [1, 2]}
