@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import nst_utils as nst  # noqa: E402
+from benchmarks.measure import device_name, peak_memory_mb  # noqa: E402
 
 __all__ = ["ContentLoss", "StyleLoss", "build_model", "run_baseline", "DEFAULT_CONTENT_LAYERS",
            "DEFAULT_STYLE_LAYERS"]
@@ -134,10 +135,6 @@ class _BudgetSpent(Exception):
     """Raised from the closure after the last allowed evaluation, to leave ``optimizer.step`` at once."""
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else nst.peak_rss_bytes()
-    return peak / 2**20
-
 
 def run_baseline(
     content_path: str | Path,
@@ -223,9 +220,9 @@ def run_baseline(
     evals = len(history)
     return {
         "algorithm": "official PyTorch tutorial (Sequential surgery, LBFGS defaults, clamp in closure)",
-        "device": str(dev), "device_name": nst.device_name(dev), "weights": "caffe",
+        "device": str(dev), "device_name": device_name(dev), "weights": "caffe",
         "image_hw": list(content.shape[-2:]), "evals": evals, "seconds": seconds,
-        "seconds_per_eval": seconds / evals, "peak_memory_mb": _peak_memory_mb(dev),
+        "seconds_per_eval": seconds / evals, "peak_memory_mb": peak_memory_mb(dev),
         "stop_reason": stop_reason, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "history": history,
     }

@@ -10,7 +10,8 @@ the notebook builds it (``lr=1, history_size=50, line_search_fn="strong_wolfe",
 max_iter=N, tolerance_grad=0, tolerance_change=0``) in ONE ``step()`` call, the closure
 stopping the run after exactly N evaluations. Start: the content image.
 
-What it measures (in this order, each part skipped with a note once ``--time-budget`` is spent):
+What it measures (run order: 0, 1 at the smallest size, 2, 3, then 1 at the other sizes; a part
+not started when ``--time-budget`` is spent is skipped with a note, fp32_repeat first):
 
 0. the two ceilings: device-to-device copy bandwidth, and 8192^3 matrix products in fp32,
    tf32 and bf16; and the arithmetic floor of one evaluation (VGG19 conv FLOPs up to relu5_1).
@@ -21,14 +22,18 @@ What it measures (in this order, each part skipped with a note once ``--time-bud
    A variant is "kept" if |loss difference| <= 1 % at every checkpoint and pixels <= 2/255.
    Variants: fp32 (TF32 off everywhere: the reference), default (PyTorch's defaults, which
    the notebook runs with: cuDNN TF32 on, matmul TF32 off), tf32 (both on), channels_last
-   (fp32, image and network channels-last), bf16 (autocast around forward and loss, Gram
-   matrices and losses in float32, backward outside autocast, TF32 off), bf16_cl (bf16 +
+   (fp32, network channels-last; the optimised image stays NCHW because L-BFGS flattens its
+   gradient with view(-1), and the network gets a channels-last copy of it), bf16 (autocast
+   bf16 around the network's forward; features cast to float32, Gram matrices and losses in
+   float32 outside autocast, backward outside autocast, TF32 off), bf16_cl (bf16 +
    channels-last), fp32_repeat (fp32 again: the run-to-run noise floor).
 2. the out-of-memory path: memory capped at ~2 GiB with
    ``torch.cuda.set_per_process_memory_fraction``, one evaluation at the big size; the
    exception type is recorded, the cap removed, and a small evaluation run again.
-3. the big size (2048 px): a direct run and a coarse-to-fine run (pyramid 512 -> 1024 ->
-   2048, evaluations 300/150/75 like the notebook's halving per level), time and peak memory.
+3. the big size (2048 px), in PyTorch's default numerics: a direct run (300 evaluations or as
+   many as fit in ``--big-cap-s``, 30 s; the table says how many ran) and a coarse-to-fine run
+   (pyramid 512 -> 1024 -> 2048, evaluations 300/150/75 like the notebook's halving per level),
+   time and peak memory of each, and the direct run's loss after the same time.
 
 The images are about 768 px wide and ``load_image`` never enlarges, so for a long side
 larger than the file's, the image is loaded at full size and upsampled with
@@ -46,7 +51,6 @@ import copy
 import datetime as dt
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -176,7 +180,7 @@ def measure_ceilings(clock: Clock, quick: bool) -> dict:
     ms = clock.time_ms(lambda: dst.copy_(src), reps=5 if quick else 20, warmup=2 if quick else 5)
     med = statistics.median(ms)
     res["copy"] = {"bytes_each_way": n_bytes, "median_ms": med, "GBps_read_plus_write": 2 * n_bytes / (med / 1e3) / 1e9}
-    del src, dst
+    src = dst = None  # free them
     n = 512 if quick else 8192
     res["gemm_size"] = n
     for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
@@ -189,7 +193,7 @@ def measure_ceilings(clock: Clock, quick: bool) -> dict:
         ms = clock.time_ms(lambda: a @ b, reps=reps, warmup=1 if quick else 3)
         med = statistics.median(ms)
         res[f"matmul_{name}"] = {"median_ms": med, "TFLOPs": 2 * n**3 / (med / 1e3) / 1e12}
-        del a, b
+        a = b = None  # free them
     set_tf32(*DEFAULT_TF32)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -425,12 +429,15 @@ def part_sizes(size: int, variants: list[str], n_evals: int, checkpoints: list[i
             log(f"{size}px {name:13s} bare eval {entry['bare_eval_ms_median']:8.2f} ms | in L-BFGS "
                 f"{entry['per_eval_median_s'] * 1e3:8.2f} ms/eval median, {run['seconds']:6.2f} s for {run['evals']} | "
                 f"loss {entry['final_loss']:.5g} | peak {peak if peak is None else round(peak)} MiB")
+            del problem, run, init  # nothing of this variant stays allocated while the next one is measured
         except Exception as exc:  # noqa: BLE001 - record and go on with the next variant
             res["variants"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             log(f"{size}px {name}: FAILED {type(exc).__name__}: {exc}")
             traceback.print_exc()
         finally:
             set_tf32(*DEFAULT_TF32)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     del nets
     # comparisons with fp32
     ref = res["variants"].get("fp32", {})
@@ -506,6 +513,59 @@ def part_oom(net, device, clock: Clock, big: int, cap_gib: float) -> dict:
     finally:
         feats.remove()
     log(f"OOM check at {big}px under {cap_gib} GiB: {res}")
+    return res
+
+
+def notebook_functions() -> dict:
+    """The notebook's own functions (every top-level ``def`` of its code cells), defined with torch and nst."""
+    import ast
+    import functools
+
+    nb = json.loads((ROOT / "style_transfer.ipynb").read_text(encoding="utf-8"))
+    ns = {"torch": torch, "nst": nst, "partial": functools.partial, "plt": None, "Path": Path}
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        text = "\n".join(l for l in "".join(cell["source"]).splitlines() if not l.lstrip().startswith("%"))
+        defs = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)]
+        exec(compile(ast.Module(body=defs, type_ignores=[]), "notebook", "exec"), ns)
+    return ns
+
+
+def part_notebook_oom(net, device, big: int, margin_mib: float = 256.0) -> dict:
+    """The notebook's own ``stylize`` when an evaluation does not fit: targets computed first, then the GPU
+    capped at what is allocated plus ``margin_mib``; records the error the reader sees."""
+    if device.type != "cuda":
+        return {"skipped": "needs CUDA"}
+    import functools
+    import gc
+
+    ns = notebook_functions()
+    pair = load_pair(big, device)
+    P = ns["content_targets_of"](net, pair["content"], CONTENT_LAYERS)
+    A = ns["style_targets_of"](net, pair["style"], STYLE_LAYERS)
+    loss = functools.partial(ns["total_loss"], net=net, content_targets=P, style_targets=A,
+                             content_weight=CONTENT_WEIGHT, style_weight=STYLE_WEIGHT)
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = torch.cuda.memory_allocated(device) + margin_mib * 2**20
+    res: dict = {"size": big, "image_hw": list(pair["content"].shape[-2:]), "cap_mib": cap / 2**20}
+    try:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        try:
+            run = ns["stylize"](pair["content"], loss, 5, print_every=0)
+            res.update(raised=False, note=f"fitted: {run}")
+        except nst.NSTError as exc:
+            res.update(raised=True, exception_type="nst_utils.NSTError", message=str(exc),
+                       says_smaller_image_size="smaller image_size" in str(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else is a finding
+            res.update(raised=True, exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                       message=str(exc)[:300], says_smaller_image_size=False)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        del P, A, loss, pair
+        gc.collect()
+        torch.cuda.empty_cache()
+    log(f"notebook stylize at {big}px under a {res['cap_mib']:.0f} MiB cap: {res}")
     return res
 
 
@@ -666,7 +726,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"| coarse-to-fine | {ctf['error']} |")
             elif ctf:
                 lv = ctf["levels"]
-                lines.append(f"| coarse-to-fine | " + " + ".join(f"{x['evals']}@{max(x['hw'])}" for x in lv)
+                lines.append("| coarse-to-fine | " + " + ".join(f"{x['evals']}@{max(x['hw'])}" for x in lv)
                              + f" | {_f(ctf['total_s'], '.1f')} | "
                              + " / ".join(_f(x['per_eval_median_s'] * 1e3, '.1f') for x in lv)
                              + f" | {_f(ctf['peak_mib'], '.0f')} | {_f(ctf['final_loss'], '.5g')} |")
@@ -675,18 +735,20 @@ def markdown(report: dict) -> str:
                     lines.append("")
                     lines.append(f"Direct run after the same {ctf['total_s']:.1f} s: eval {same['eval']}, loss {same['loss']:.5g}; "
                                  f"after {lv[-1]['evals']} full-size evals: {_f(ctf.get('direct_loss_at_same_final_evals'), '.5g')}.")
+    nb_oom = report.get("notebook_oom")
+    if nb_oom:
+        lines += ["", f"**The notebook's stylize when a picture does not fit** ({nb_oom.get('size')} px, GPU capped at "
+                  f"{_f(nb_oom.get('cap_mib'), '.0f')} MiB): {nb_oom.get('exception_type', nb_oom)}: "
+                  f"{str(nb_oom.get('message', nb_oom.get('note', '')))[:200]}"]
     if report.get("notes"):
         lines += [""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        return nst.device_name(device)
-    except Exception:  # noqa: BLE001 - only a label
-        return platform.processor() or platform.machine() or device.type
+    from benchmarks.measure import device_name
+
+    return device_name(device)
 
 
 def _json_safe(obj):
@@ -794,6 +856,13 @@ def main(argv=None) -> int:
                     report["oom"] = part_oom(net, device, clock, big, a.oom_cap_gib)
                 except Exception as exc:  # noqa: BLE001
                     report["oom"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    traceback.print_exc()
+                    if device.type == "cuda":
+                        torch.cuda.set_per_process_memory_fraction(1.0)
+                try:
+                    report["notebook_oom"] = part_notebook_oom(net, device, big)
+                except Exception as exc:  # noqa: BLE001
+                    report["notebook_oom"] = {"error": f"{type(exc).__name__}: {exc}"}
                     traceback.print_exc()
                     if device.type == "cuda":
                         torch.cuda.set_per_process_memory_fraction(1.0)

@@ -35,6 +35,12 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import nst_utils as nst  # noqa: E402
+from benchmarks.measure import device_name, rss_to_mb  # noqa: E402
+
 NOTEBOOK = ROOT / "style_transfer.ipynb"
 BASELINE = ROOT / "benchmarks" / "baseline_tutorial.py"
 
@@ -44,7 +50,7 @@ PROBLEM_PARAMETERS = ("content_path", "style_path", "content_layers", "style_lay
 #: Fixed settings of the notebook run (the baseline has no total-variation term and uses max pooling,
 #: as the tutorial does; both are also the notebook's defaults).
 NOTEBOOK_FIXED = {"sections": "core", "frame_every": 5, "weights": "caffe", "tv_weight": 0.0, "pooling": "max",
-                  "overwrite": True}
+                  "overwrite": True, "live": False}
 
 
 # --------------------------------------------------------------------------- notebook defaults
@@ -233,26 +239,33 @@ def _child_env(threads: int | None) -> dict:
 NOTEBOOK_PROGRESS = ("eval ", "Stopped", "device:", "RunResult", "main picture done", "wrote ")
 
 
-def _run_quietly(cmd: Sequence[str], env: dict, show) -> None:
+def _run_quietly(cmd: Sequence[str], env: dict, show) -> float | None:
     """Run ``cmd`` in ROOT; echo the output lines that ``show`` accepts (a predicate, or prefixes).
 
-    On failure the last 60 lines are printed and :class:`RuntimeError` is raised.
+    Returns the peak resident memory (MiB) of the largest process of its tree (the notebook's
+    kernel, for papermill), from ``os.wait4``; None where the OS does not say. On failure the
+    last 60 lines are printed and :class:`RuntimeError` is raised.
     """
     if isinstance(show, tuple):
         prefixes = show
         show = lambda line: line.lstrip().startswith(prefixes)  # noqa: E731
     tail: list[str] = []
+    peak = None
     with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-60:]
             if show(line):
                 print("   ", line.rstrip(), flush=True)
+        if hasattr(os, "wait4"):
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode, peak = os.waitstatus_to_exitcode(status), rss_to_mb(usage.ru_maxrss)
     if proc.returncode:
         print("".join(tail), file=sys.stderr, flush=True)
         last = next((line.strip() for line in reversed(tail) if line.strip()), "")
         raise RuntimeError(f"{Path(cmd[1]).name if cmd[1] != '-m' else cmd[2]} exited with status "
                            f"{proc.returncode}: {last[:300]}")
+    return peak
 
 
 def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict) -> dict:
@@ -282,10 +295,16 @@ def run_notebook_process(size: int, evals: int, problem: Mapping, device: str, o
     params_file.write_text(json.dumps(parameters, indent=1), encoding="utf-8")
     cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(nb_dir / "executed.ipynb"), "-f", str(params_file),
            "-k", kernel, "--cwd", str(ROOT), "--no-progress-bar", "--log-output", "--log-level", "INFO"]
-    _run_quietly(cmd, env, NOTEBOOK_PROGRESS)
+    peak_rss = _run_quietly(cmd, env, NOTEBOOK_PROGRESS)
     if not run_json.is_file():
         raise RuntimeError(f"the notebook ran but wrote no {run_json}")
-    return json.loads(run_json.read_text(encoding="utf-8"))
+    run = json.loads(run_json.read_text(encoding="utf-8"))
+    # The notebook records what it knows (CUDA peak memory on a GPU); the rest is measured here.
+    run.setdefault("device_name", device_name(nst.pick_device(device)))
+    run.setdefault("threads", int(env.get("OMP_NUM_THREADS") or 0) or None)
+    if run.get("peak_memory_mb") is None:
+        run["peak_memory_mb"] = peak_rss
+    return run
 
 
 def _free_stem(out: Path, date: str) -> str:

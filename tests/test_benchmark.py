@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 
 import pytest
 import torch
 
 import nst_utils as nst
 from benchmarks.baseline_tutorial import ContentLoss, StyleLoss, build_model, run_baseline
-from benchmarks.run_benchmark import (ROOT, markdown_section, notebook_defaults, per_eval_seconds, speedup,
-                                      summarize, time_to_reach)
+from benchmarks.run_benchmark import (ROOT, _run_quietly, markdown_section, notebook_defaults, per_eval_seconds,
+                                      speedup, summarize, time_to_reach)
 
 DEFAULTS = notebook_defaults()
 CONTENT, STYLE = ROOT / DEFAULTS["content_path"], ROOT / DEFAULTS["style_path"]
@@ -31,6 +33,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cpu_vgg() -> torch.nn.Sequential:
+    """The baseline runs on the CPU; its reference numbers are computed there too (no TF32 on a GPU)."""
+    return nst.load_vgg19("caffe", device="cpu", verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +93,10 @@ def test_baseline_runs_exactly_the_budget_and_the_loss_falls(tiny_run):
     json.dumps(tiny_run, allow_nan=False)
 
 
-def test_loss_modules_sit_right_after_their_layers_and_the_model_ends_at_the_last(caffe_vgg):
+def test_loss_modules_sit_right_after_their_layers_and_the_model_ends_at_the_last(cpu_vgg):
     content, style = load_pair()
-    names_before = list(caffe_vgg._modules)
-    model, content_losses, style_losses = build_model(caffe_vgg, content, style, C_LAYERS, S_LAYERS)
+    names_before = list(cpu_vgg._modules)
+    model, content_losses, style_losses = build_model(cpu_vgg, content, style, C_LAYERS, S_LAYERS)
     names = list(model._modules)
     modules = list(model.children())
     for layer in C_LAYERS:
@@ -105,27 +113,27 @@ def test_loss_modules_sit_right_after_their_layers_and_the_model_ends_at_the_las
     assert len(content_losses) == len(C_LAYERS) and len(style_losses) == len(S_LAYERS)
     assert names[0] == "preprocess"
     # surgery on a deep copy: the shared network is untouched and shares no layer with the model
-    assert list(caffe_vgg._modules) == names_before
-    assert all(m is not caffe_vgg.get_submodule(n) for n, m in model.named_children() if n in names_before)
+    assert list(cpu_vgg._modules) == names_before
+    assert all(m is not cpu_vgg.get_submodule(n) for n, m in model.named_children() if n in names_before)
 
 
-def test_loss_modules_give_the_notebooks_loss(caffe_vgg):
+def test_loss_modules_give_the_notebooks_loss(cpu_vgg):
     content, style = load_pair()
-    model, content_losses, style_losses = build_model(caffe_vgg, content, style, C_LAYERS, S_LAYERS)
+    model, content_losses, style_losses = build_model(cpu_vgg, content, style, C_LAYERS, S_LAYERS)
     image = torch.rand_like(content, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(image), model(image))  # transparent loss modules, deterministic
     c = sum(m.loss for m in content_losses) / len(content_losses)
     s = sum(m.loss for m in style_losses) / len(style_losses)
-    total, c_ref, s_ref = direct_loss(caffe_vgg, image, content, style)
+    total, c_ref, s_ref = direct_loss(cpu_vgg, image, content, style)
     assert float(c) == pytest.approx(c_ref, rel=1e-5) and c_ref > 0
     assert float(s) == pytest.approx(s_ref, rel=1e-5)
     assert float(C_WEIGHT * c + S_WEIGHT * s) == pytest.approx(total, rel=1e-5)
 
 
-def test_first_evaluation_equals_the_notebook_loss_of_the_content_image(tiny_run, caffe_vgg):
+def test_first_evaluation_equals_the_notebook_loss_of_the_content_image(tiny_run, cpu_vgg):
     content, style = load_pair()
-    total, c, s = direct_loss(caffe_vgg, content, content, style)
+    total, c, s = direct_loss(cpu_vgg, content, content, style)
     first = tiny_run["history"][0]
     assert first["loss"] == pytest.approx(total, rel=1e-5)
     assert first["style"] == pytest.approx(s, rel=1e-5)
@@ -194,3 +202,16 @@ def test_baseline_handles_content_and_style_of_different_shapes():
     # at 256 px the dog is 256x192 and the Starry Night 256x204: their relu4_2 maps differ in height
     run = run_baseline(CONTENT, STYLE, 256, 2, C_WEIGHT, S_WEIGHT, C_LAYERS, S_LAYERS, "cpu")
     assert run["evals"] == 2 and all(math.isfinite(h["loss"]) for h in run["history"])
+
+
+def test_peak_memory_of_a_run_covers_its_whole_process_tree():
+    # The notebook's kernel is papermill's child: its peak memory must be counted, not papermill's own.
+    grandchild = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    lines = []
+    peak = _run_quietly([sys.executable, "-c", child + "; print('done')"], dict(os.environ), lines.append)
+    assert lines == ["done\n"]
+    if hasattr(os, "wait4"):
+        assert 290 < peak < 2000, peak
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        _run_quietly([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), lambda line: False)
