@@ -45,7 +45,6 @@ def main() -> None:
             params[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             params[name] = value
-    os.environ.setdefault("NST_HEADLESS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         executed = Path(tmp) / "executed.ipynb"
         pm.execute_notebook(str(NOTEBOOK), str(executed), parameters=params, kernel_name="python3",
