@@ -477,17 +477,23 @@ def save_image(image: Image.Image | Tensor, path: PathLike, *, overwrite: bool =
 
 
 def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike, *, duration_ms: int = 80,
-             last_frame_ms: int | None = 1500, loop: int = 0, overwrite: bool = False,
+             last_frame_ms: int | None = 1500, loop: int = 0, max_size: int | None = None, overwrite: bool = False,
              protect: Iterable[PathLike] = ()) -> Path:
     """Write frames (any form :func:`show_images` takes, all one size) as an animated GIF, like :func:`save_image`;
-    ``last_frame_ms`` holds the final picture, ``loop=0`` loops forever."""
+    ``last_frame_ms`` holds the final picture, ``loop=0`` loops forever, frames whose long side is over
+    ``max_size`` pixels are shrunk to it (a GIF's size and encoding time grow with its pixels)."""
     import imageio.v3 as iio
     if len(frames) == 0:
         raise ParameterError(f"{path}: save_gif needs at least one frame")
+    _whole("max_size", max_size, MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
     arrays = [_to_uint8(f, f"frames[{i}]") for i, f in enumerate(frames)]
     sizes = sorted({a.shape[:2] for a in arrays})
     if len(sizes) > 1:
         raise ParameterError(f"{path}: all GIF frames must have the same size, got (H, W) {sizes}")
+    if max_size is not None and max(sizes[0]) > max_size:
+        (h, w), scale = sizes[0], max_size / max(sizes[0])
+        wh = (max(1, round(w * scale)), max(1, round(h * scale)))
+        arrays = [np.asarray(Image.fromarray(a).resize(wh, Image.Resampling.LANCZOS)) for a in arrays]
     durations = [duration_ms] * (len(arrays) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
     data = iio.imwrite("<bytes>", np.stack(arrays), extension=".gif", loop=loop,
                        duration=durations if len(durations) > 1 else durations[0])
@@ -868,7 +874,8 @@ _EVALS, _OFF = "a whole number of loss evaluations", "a whole number (0 turns it
 #: The notebook's whole-number knobs: (default, lowest value, what it is).
 _WHOLE_KNOBS = {"seed": (0, 0, "a whole number"), "num_evals": (300, 1, _EVALS), "extra_evals": (150, 1, _EVALS),
                 "layers_evals": (100, 1, _EVALS), "frame_every": (5, 0, _OFF), "print_every": (50, 0, _OFF),
-                "preview_every": (25, 0, _OFF), "gif_frame_ms": (60, 10, "a whole number of milliseconds")}
+                "preview_every": (25, 0, _OFF), "gif_frame_ms": (60, 10, "a whole number of milliseconds"),
+                "gif_size": (384, MIN_IMAGE_SIDE, "a whole number of pixels")}
 #: The notebook's sizes in pixels: (default on a GPU, on a CPU); None for extra_size on a GPU: image_size.
 _SIZE_KNOBS = {"image_size": (512, 256), "extra_size": (None, 192), "hires_size": (1024, 512),
                "layers_size": (256, 128)}

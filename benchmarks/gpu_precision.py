@@ -488,7 +488,7 @@ def part_oom(net, device, clock: Clock, big: int, cap_gib: float) -> dict:
     feats = Features(net, CONTENT_LAYERS + STYLE_LAYERS)
     v = Variant("default", device)
     try:
-        torch.cuda.set_per_process_memory_fraction(frac, device)
+        torch.cuda.set_per_process_memory_fraction(frac, device.index or 0)
         t0 = time.perf_counter()
         stage: dict = {}
         try:
@@ -503,7 +503,7 @@ def part_oom(net, device, clock: Clock, big: int, cap_gib: float) -> dict:
         res["seconds_to_raise"] = time.perf_counter() - t0
         res["stage"] = stage.get("stage")
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, device.index or 0)
         gc.collect()
         torch.cuda.empty_cache()
     try:  # does the process recover once the cap is lifted?
@@ -550,7 +550,7 @@ def part_notebook_oom(net, device, big: int, margin_mib: float = 256.0) -> dict:
     cap = torch.cuda.memory_allocated(device) + margin_mib * 2**20
     res: dict = {"size": big, "image_hw": list(pair["content"].shape[-2:]), "cap_mib": cap / 2**20}
     try:
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device.index or 0)
         try:
             run = ns["stylize"](pair["content"], loss, 5, print_every=0)
             res.update(raised=False, note=f"fitted: {run}")
@@ -561,7 +561,7 @@ def part_notebook_oom(net, device, big: int, margin_mib: float = 256.0) -> dict:
             res.update(raised=True, exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
                        message=str(exc)[:300], says_smaller_image_size=False)
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, device.index or 0)
         del P, A, loss, pair
         gc.collect()
         torch.cuda.empty_cache()
