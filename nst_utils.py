@@ -875,7 +875,7 @@ _EVALS, _OFF = "a whole number of loss evaluations", "a whole number (0 turns it
 _WHOLE_KNOBS = {"seed": (0, 0, "a whole number"), "num_evals": (300, 1, _EVALS), "extra_evals": (150, 1, _EVALS),
                 "layers_evals": (100, 1, _EVALS), "frame_every": (5, 0, _OFF), "print_every": (50, 0, _OFF),
                 "preview_every": (25, 0, _OFF), "gif_frame_ms": (60, 10, "a whole number of milliseconds"),
-                "gif_size": (384, MIN_IMAGE_SIDE, "a whole number of pixels")}
+                "gif_size": (256, MIN_IMAGE_SIDE, "a whole number of pixels")}
 #: The notebook's sizes in pixels: (default on a GPU, on a CPU); None for extra_size on a GPU: image_size.
 _SIZE_KNOBS = {"image_size": (512, 256), "extra_size": (None, 192), "hires_size": (1024, 512),
                "layers_size": (256, 128)}

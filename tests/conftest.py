@@ -33,6 +33,7 @@ def device() -> torch.device:
     Tests that compute with tensors take this fixture and create their tensors on it, so that the
     same suite checks the CUDA path where there is a GPU (``NST_TEST_DEVICE=cuda python -m pytest``).
     """
+    torch.backends.cudnn.allow_tf32 = False  # float32 convolutions on a GPU, as the notebook runs them
     return torch.device(os.environ.get("NST_TEST_DEVICE", "cpu"))
 
 
