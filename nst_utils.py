@@ -481,8 +481,8 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
              protect: Iterable[PathLike] = ()) -> Path:
     """Write frames (any form :func:`show_images` takes, all one size) as an animated GIF, like :func:`save_image`;
     ``last_frame_ms`` holds the final picture, ``loop=0`` loops forever, frames whose long side is over
-    ``max_size`` pixels are shrunk to it (a GIF's size and encoding time grow with its pixels)."""
-    import imageio.v3 as iio
+    ``max_size`` pixels are shrunk to it (a GIF's size and encoding time grow with its pixels). Each frame gets
+    its own 256-colour palette (Pillow's fast octree: as good as median cut here, and many times faster)."""
     if len(frames) == 0:
         raise ParameterError(f"{path}: save_gif needs at least one frame")
     _whole("max_size", max_size, MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
@@ -490,14 +490,17 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
     sizes = sorted({a.shape[:2] for a in arrays})
     if len(sizes) > 1:
         raise ParameterError(f"{path}: all GIF frames must have the same size, got (H, W) {sizes}")
+    pictures = [Image.fromarray(a) for a in arrays]
     if max_size is not None and max(sizes[0]) > max_size:
         (h, w), scale = sizes[0], max_size / max(sizes[0])
         wh = (max(1, round(w * scale)), max(1, round(h * scale)))
-        arrays = [np.asarray(Image.fromarray(a).resize(wh, Image.Resampling.LANCZOS)) for a in arrays]
-    durations = [duration_ms] * (len(arrays) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
-    data = iio.imwrite("<bytes>", np.stack(arrays), extension=".gif", loop=loop,
-                       duration=durations if len(durations) > 1 else durations[0])
-    return _write_new(path, data, overwrite=overwrite, protect=protect)
+        pictures = [p.resize(wh, Image.Resampling.LANCZOS) for p in pictures]
+    pictures = [p.quantize(256, method=Image.Quantize.FASTOCTREE) for p in pictures]
+    durations = [duration_ms] * (len(pictures) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], loop=loop,
+                     duration=durations if len(durations) > 1 else durations[0])
+    return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
 
 
 def save_figure(fig, path: PathLike, *, dpi: float = 100, overwrite: bool = False,

@@ -174,9 +174,12 @@ def test_parallel_saves_to_one_name_never_overwrite_each_other(tmp_path, mp):
                 assert np.all(np.asarray(im.convert("RGB")) == (40 * index, 6 * k, 77))
 
 
+GIF_FRAMES = 400
+
+
 def _slow_gif(folder: str, started) -> None:
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(16)]  # seconds of encoding
+    frames = [rng.integers(0, 256, (384, 384, 3), dtype=np.uint8) for _ in range(GIF_FRAMES)]  # ~1.5 s to encode
     started.set()
     nst_utils.save_gif(frames, Path(folder) / "big.gif")
 
@@ -196,7 +199,7 @@ def test_killed_save_leaves_nothing_but_complete_files(tmp_path, mp):
             assert name.startswith(f".big.gif.{proc.pid}-") and name.endswith(".nst-tmp")
         else:
             with Image.open(tmp_path / name) as im:
-                assert im.n_frames == 16
+                assert im.n_frames == GIF_FRAMES
     nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "next.png")  # the next save cleans up
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
