@@ -94,6 +94,21 @@ def test_no_function_of_the_notebook_reads_a_global_variable():
     assert not offenders, f"functions reading notebook globals: {offenders}"
 
 
+def test_later_cells_never_overwrite_a_knob_of_the_parameters_cell():
+    # Re-running the set-up cell must see the knobs as set, not a value some later cell stored there.
+    import ast
+
+    knobs = {t.id for n in ast.parse(source(CODE[1])).body if isinstance(n, ast.Assign) for t in n.targets}
+    allowed = {"content_path", "style_path", "device"}  # the upload cell's pictures; device = cfg.device (same)
+    rebound = {}
+    for i, cell in enumerate(CODE[2:], start=2):
+        text = "\n".join(line for line in source(cell).splitlines() if not line.lstrip().startswith("%"))
+        names = {n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        if names & knobs - allowed:
+            rebound[i] = sorted(names & knobs - allowed)
+    assert not rebound, f"code cells that overwrite knobs: {rebound}"
+
+
 def test_the_stored_notebook_holds_only_what_a_reader_needs():
     assert NOTEBOOK.stat().st_size < 3_000_000
     for o in outputs(NB):
