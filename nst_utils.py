@@ -482,7 +482,7 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
     """Write frames (any form :func:`show_images` takes, all one size) as an animated GIF, like :func:`save_image`;
     ``last_frame_ms`` holds the final picture, ``loop=0`` loops forever, frames whose long side is over
     ``max_size`` pixels are shrunk to it (a GIF's size and encoding time grow with its pixels). Each frame gets
-    its own 256-colour palette (Pillow's fast octree: as good as median cut here, and many times faster)."""
+    its own 256-colour palette (Pillow's fast octree: as good as median cut for photos, and many times faster)."""
     if len(frames) == 0:
         raise ParameterError(f"{path}: save_gif needs at least one frame")
     _whole("max_size", max_size, MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
@@ -495,7 +495,8 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
         (h, w), scale = sizes[0], max_size / max(sizes[0])
         wh = (max(1, round(w * scale)), max(1, round(h * scale)))
         pictures = [p.resize(wh, Image.Resampling.LANCZOS) for p in pictures]
-    pictures = [p.quantize(256, method=Image.Quantize.FASTOCTREE) for p in pictures]
+    pictures = [p.quantize(256, method=Image.Quantize.MEDIANCUT if p.getcolors(256) else Image.Quantize.FASTOCTREE)
+                for p in pictures]  # exact for frames of up to 256 colours
     durations = [duration_ms] * (len(pictures) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
     buffer = io.BytesIO()
     pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], loop=loop,
