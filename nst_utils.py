@@ -131,6 +131,12 @@ MAX_IMAGE_PIXELS = 89_478_485
 MAX_DOWNLOAD_BYTES = 50 * 2**20
 
 
+def _fitted(wh: tuple[int, int], size: int) -> tuple[int, int]:
+    """``wh = (width, height)`` with its long side shrunk (never enlarged) to ``size`` pixels, as load_image does."""
+    scale = min(1.0, size / max(wh))
+    return max(1, round(wh[0] * scale)), max(1, round(wh[1] * scale))
+
+
 def _is_url(source: object) -> bool:
     return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
 
@@ -217,9 +223,7 @@ def load_image(source: PathLike, max_size: int | None = None, *, background: tup
     label, img = _read(source, max_size, timeout)
     img = _to_rgb(img, background)
     if max_size is not None and max(img.size) > max_size:
-        scale = max_size / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.LANCZOS, reducing_gap=3.0)
+        img = img.resize(_fitted(img.size, max_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     if min(img.size) < min_size:
         raise ImageError(f"{label}: {img.width}x{img.height} px is too small; VGG19 needs at least {min_size} px on "
                          "the short side. Use a larger image, a larger size, or crop an extreme aspect ratio.")
@@ -492,9 +496,7 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
         raise ParameterError(f"{path}: all GIF frames must have the same size, got (H, W) {sizes}")
     pictures = [Image.fromarray(a) for a in arrays]
     if max_size is not None and max(sizes[0]) > max_size:
-        (h, w), scale = sizes[0], max_size / max(sizes[0])
-        wh = (max(1, round(w * scale)), max(1, round(h * scale)))
-        pictures = [p.resize(wh, Image.Resampling.LANCZOS) for p in pictures]
+        pictures = [p.resize(_fitted(p.size, max_size), Image.Resampling.LANCZOS) for p in pictures]
     pictures = [p.quantize(256, method=Image.Quantize.MEDIANCUT if p.getcolors(256) else Image.Quantize.FASTOCTREE)
                 for p in pictures]  # exact for frames of up to 256 colours
     durations = [duration_ms] * (len(pictures) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
@@ -868,12 +870,6 @@ def _check_folder(name: str, value: object) -> Path:
     return folder
 
 
-def _fitted(wh: tuple[int, int], size: int) -> tuple[int, int]:
-    """The (width, height) that ``load_image(..., size)`` gives a picture of ``wh`` pixels."""
-    scale = min(1.0, size / max(wh))
-    return max(1, round(wh[0] * scale)), max(1, round(wh[1] * scale))
-
-
 _EVALS, _OFF = "a whole number of loss evaluations", "a whole number (0 turns it off)"
 #: The notebook's whole-number knobs: (default, lowest value, what it is).
 _WHOLE_KNOBS = {"seed": (0, 0, "a whole number"), "num_evals": (300, 1, _EVALS), "extra_evals": (150, 1, _EVALS),
@@ -932,7 +928,7 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
         setattr(s, name, [_choice(name, v, VGG19_LAYERS) for v in _list(name, get(name, default), str(default))])
     scales = _list("style_scales", get("style_scales", [0.5, 1.0, 2.0]), "[0.5, 1.0, 2.0]")
     s.style_scales = [_number("style_scales", x, 1e-3, 4.0, example="[0.5, 1.0, 2.0]") for x in scales]
-    s.inputs = []
+    s.inputs, content_wh = [], (0, 0)  # content_wh: the content picture's size, read first
     for name, tour_only in _INPUTS:
         value = get(name)
         if tour_only and not s.tour:
