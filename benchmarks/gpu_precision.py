@@ -63,7 +63,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import nst_utils as nst  # noqa: E402
 
@@ -81,35 +80,6 @@ T_START = time.perf_counter()
 
 def log(msg: str = "") -> None:
     print(f"[{time.perf_counter() - T_START:6.1f}s] {msg}" if msg else "", flush=True)
-
-
-# --------------------------------------------------------------------------- fallbacks
-# resize_tensor and pyramid_sizes are stable nst_utils API; these copies (same behaviour) are
-# only used if a refactor in progress has moved them, and the JSON records which was used.
-
-
-def _resize_fallback(image: torch.Tensor, size) -> torch.Tensor:
-    h, w = int(size[0]), int(size[1])
-    if (h, w) == tuple(image.shape[-2:]):
-        return image.clone()
-    shrinking = h < image.shape[-2] or w < image.shape[-1]
-    return F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)
-
-
-def _pyramid_fallback(full_hw, levels, factor=2.0, min_side=32):
-    h, w = int(full_hw[0]), int(full_hw[1])
-    sizes = []
-    for k in range(levels - 1, -1, -1):
-        s = max(factor ** -k, min_side / min(h, w))
-        hw = (max(min_side, round(h * s)), max(min_side, round(w * s))) if k else (h, w)
-        if not sizes or sizes[-1] != hw:
-            sizes.append(hw)
-    return sizes
-
-
-resize_tensor = getattr(nst, "resize_tensor", _resize_fallback)
-pyramid_sizes = getattr(nst, "pyramid_sizes", _pyramid_fallback)
-USED_FALLBACKS = [n for n in ("resize_tensor", "pyramid_sizes") if not hasattr(nst, n)]
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -217,28 +187,13 @@ def conv_flops(net: torch.nn.Sequential, hw: tuple[int, int]) -> float:
 
 
 class Features:
-    """Forward hooks on the named children of ``net``; ``self(x)`` returns ``{layer: activation}``."""
+    """``self(x)`` is ``nst_utils.features(net, x, layers)``: the notebook's hook-based extractor."""
 
     def __init__(self, net: torch.nn.Sequential, layers):
-        self.net = net
-        self.acts: dict[str, torch.Tensor] = {}
-        self.handles = [net.get_submodule(name).register_forward_hook(self._keep(name)) for name in dict.fromkeys(layers)]
-
-    def _keep(self, name):
-        def hook(module, inputs, output):
-            self.acts[name] = output
-        return hook
+        self.net, self.layers = net, list(dict.fromkeys(layers))
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.acts.clear()
-        self.net(image)
-        out = dict(self.acts)
-        self.acts.clear()
-        return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        return nst.features(self.net, image, self.layers)
 
 
 class Variant:
@@ -365,7 +320,7 @@ def load_pair(size: int, device: torch.device) -> dict:
         else:
             t = nst.image_to_tensor(full, device)
             s = size / native
-            t = resize_tensor(t, (round(t.shape[-2] * s), round(t.shape[-1] * s)))
+            t = nst.resize_tensor(t, (round(t.shape[-2] * s), round(t.shape[-1] * s)))
             up = [full.height, full.width]
         out[key], out[f"{key}_upsampled_from"] = t, up
     return out
@@ -410,15 +365,12 @@ def part_sizes(size: int, variants: list[str], n_evals: int, checkpoints: list[i
             if v.channels_last not in nets:
                 nets[True] = copy.deepcopy(net).to(memory_format=torch.channels_last)
             feats = Features(nets[v.channels_last], CONTENT_LAYERS + STYLE_LAYERS)
-            try:
-                problem = Problem(feats, v, content, style)
-                init = content
-                bare = bare_eval_ms(problem, init, clock, bare_reps)  # also the warm-up of this variant
-                clock.reset_peak()
-                run = run_lbfgs(problem, init, n_evals, clock)
-                peak = clock.peak_mib()
-            finally:
-                feats.remove()
+            problem = Problem(feats, v, content, style)
+            init = content
+            bare = bare_eval_ms(problem, init, clock, bare_reps)  # also the warm-up of this variant
+            clock.reset_peak()
+            run = run_lbfgs(problem, init, n_evals, clock)
+            peak = clock.peak_mib()
             entry = {"settings": v.describe(), "bare_eval_ms_median": statistics.median(bare),
                      "bare_eval_ms_all": bare, "per_eval_median_s": run["per_eval_median_s"],
                      "per_eval_mean_s": run["per_eval_mean_s"], "total_s": run["seconds"], "evals_run": run["evals"],
@@ -510,8 +462,6 @@ def part_oom(net, device, clock: Clock, big: int, cap_gib: float) -> dict:
         res["recovered"] = math.isfinite(_one_evaluation(feats, v, 256, device, clock))
     except Exception as exc:  # noqa: BLE001
         res["recovered"] = f"no: {type(exc).__name__}: {exc}"[:300]
-    finally:
-        feats.remove()
     log(f"OOM check at {big}px under {cap_gib} GiB: {res}")
     return res
 
@@ -606,17 +556,17 @@ def part_big(net, device, clock: Clock, big: int, direct_evals: int, direct_cap_
             torch.cuda.empty_cache()
         # coarse to fine
         try:
-            sizes = pyramid_sizes(hw, levels=len(pyramid_evals))
+            sizes = nst.pyramid_sizes(hw, levels=len(pyramid_evals))
             evals = pyramid_evals[: len(sizes)]  # the coarsest level gets the first budget, as in the notebook
             levels = []
             clock.reset_peak()
             t0 = clock.now()
             image = None
             for (h, w), n in zip(sizes, evals):
-                c_lvl = resize_tensor(full_c, (h, w))
+                c_lvl = nst.resize_tensor(full_c, (h, w))
                 s = max(h, w) / max(full_s.shape[-2:])
-                s_lvl = resize_tensor(full_s, (round(full_s.shape[-2] * s), round(full_s.shape[-1] * s)))
-                start = c_lvl if image is None else resize_tensor(image, (h, w))
+                s_lvl = nst.resize_tensor(full_s, (round(full_s.shape[-2] * s), round(full_s.shape[-1] * s)))
+                start = c_lvl if image is None else nst.resize_tensor(image, (h, w))
                 problem = Problem(feats, v, c_lvl, s_lvl)
                 run = run_lbfgs(problem, start, n, clock)
                 image = run["image"]
@@ -640,7 +590,6 @@ def part_big(net, device, clock: Clock, big: int, direct_evals: int, direct_cap_
             log(f"{big}px coarse-to-fine FAILED: {exc}")
             traceback.print_exc()
     finally:
-        feats.remove()
         set_tf32(*DEFAULT_TF32)
     return res
 
@@ -662,8 +611,6 @@ def markdown(report: dict) -> str:
              "call, start = content. Per-eval time: median interval between evaluations inside L-BFGS (each ends with "
              "loss.item(), a sync); 'bare' = device-event time of forward+loss+backward alone, median. Warm-up excluded. "
              f"PyTorch defaults here: cudnn.allow_tf32={DEFAULT_TF32[0]}, matmul.allow_tf32={DEFAULT_TF32[1]}."]
-    if USED_FALLBACKS:
-        lines.append(f"(nst_utils lacks {', '.join(USED_FALLBACKS)} at the moment: used this script's copies.)")
     c = report.get("ceilings")
     if c and "copy" in c:
         rates = ", ".join(f"{k[7:]} {_f(v['TFLOPs'], '.1f')}" for k, v in c.items() if k.startswith("matmul_"))
@@ -803,7 +750,7 @@ def main(argv=None) -> int:
             "cudnn_benchmark": torch.backends.cudnn.benchmark, "default_tf32": DEFAULT_TF32,
             "threads": torch.get_num_threads(), "argv": sys.argv[1:] if argv is None else argv, "quick": q,
             "sizes": sizes, "evals": n_evals, "variants": a.variants, "big": big, "big_evals": big_evals,
-            "big_cap_s": a.big_cap_s, "pyramid_evals": pyr, "fallbacks_used": USED_FALLBACKS}
+            "big_cap_s": a.big_cap_s, "pyramid_evals": pyr}
     report: dict = {"meta": meta, "notes": []}
     out = Path(a.out) if a.out else None
 
