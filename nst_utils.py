@@ -10,6 +10,7 @@ Importing this module has no side effects.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -37,10 +38,9 @@ from torch import Tensor, nn
 __all__ = [
     "NSTError", "ImageError", "ParameterError", "StopRun", "load_image", "image_to_tensor", "tensor_to_image",
     "show_images", "load_mask", "ask_for_pictures", "OutputDir", "save_image", "save_gif", "save_figure", "save_json",
-    "optimize_gif", "gram_matrix", "content_loss", "style_loss", "total_variation", "features", "masked_gram",
+    "gram_matrix", "content_loss", "style_loss", "total_variation", "features", "masked_gram",
     "masked_style_loss", "VGG19_LAYERS", "load_vgg19", "layer_index", "check_settings", "pick_device", "in_notebook",
-    "Monitor", "RunResult", "luminance_transfer", "match_color_histogram", "scale_style_image", "resize_tensor",
-    "pyramid_sizes",
+    "Monitor", "RunResult", "luminance_transfer", "match_color_histogram", "scale_style_image",
 ]
 PathLike = str | os.PathLike
 
@@ -147,23 +147,13 @@ def _has_alpha(img: Image.Image) -> bool:
 
 def _download(url: str, timeout: float, max_bytes: int | None, advice: str) -> bytes:
     """The body of ``url`` (``timeout`` seconds per network wait); :class:`ImageError` naming it and ``advice``."""
-    def too_large(size: str) -> ImageError:
-        return ImageError(f"{url}: too large ({size}; the limit is nst_utils.MAX_DOWNLOAD_BYTES = {max_bytes:,} bytes)."
-                          " Use a smaller version of the picture.")
-
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "nst_utils"}),
                                     timeout=timeout) as response:
             length = response.headers.get("Content-Length", "")
-            if max_bytes and length.isdigit() and int(length) > max_bytes:
-                raise too_large(f"{int(length):,} bytes")
-            chunks, total = [], 0
-            while chunk := response.read(2**16):
-                chunks.append(chunk)
-                total += len(chunk)
-                if max_bytes and total > max_bytes:
-                    raise too_large("stopped downloading")
-            return b"".join(chunks)
+            declared = int(length) if length.isdigit() else 0
+            too_long = bool(max_bytes) and declared > max_bytes  # then read nothing
+            data = b"" if too_long else response.read(None if max_bytes is None else max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise ImageError(f"{url}: the server answered {exc.code} {exc.reason}. Check the address.") from exc
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
@@ -171,6 +161,11 @@ def _download(url: str, timeout: float, max_bytes: int | None, advice: str) -> b
         if isinstance(reason, socket.gaierror):
             reason = f"cannot resolve the host {urllib.parse.urlsplit(url).hostname!r}: {reason.strerror}"
         raise ImageError(f"{url}: could not download it ({reason}; timeout {timeout:g} s). {advice}") from exc
+    if max_bytes and (too_long or len(data) > max_bytes):
+        size = f"{declared:,} bytes" if too_long else "stopped downloading"
+        raise ImageError(f"{url}: too large ({size}; the limit is nst_utils.MAX_DOWNLOAD_BYTES = {max_bytes:,} bytes)."
+                         " Use a smaller version of the picture.")
+    return data
 
 
 def _read(source: PathLike, max_size: int | None, timeout: float) -> tuple[str, Image.Image]:
@@ -214,10 +209,9 @@ def load_image(source: PathLike, max_size: int | None = None, *, background: tup
                min_size: int = MIN_IMAGE_SIDE, timeout: float = 20.0) -> Image.Image:
     """Read an image file (``~`` expanded) or http(s) URL as an 8-bit RGB PIL image, EXIF rotation applied.
 
-    Any mode is converted, transparency composited onto ``background`` (RGB 0..255); an animated image gives
-    its first frame, with a warning. ``max_size`` shrinks (never enlarges) the long side to at most that many
-    pixels; ``timeout``: seconds per network wait. :class:`ImageError` for a missing path, a folder, a failed
-    download, not an image, a truncated file, a decompression bomb, or a short side below ``min_size`` pixels.
+    Any mode is converted, transparency composited onto ``background`` (RGB 0..255), an animated image gives its
+    first frame; ``max_size`` shrinks (never enlarges) the long side to that many pixels; ``timeout``: seconds per
+    network wait. :class:`ImageError` for anything unusable, or a short side below ``min_size`` pixels.
     """
     _whole("max_size", max_size, min_size, "a whole number of pixels", none=True)
     label, img = _read(source, max_size, timeout)
@@ -260,12 +254,9 @@ def _to_uint8(image: Tensor | np.ndarray | Image.Image, name: str = "image") -> 
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     if isinstance(image, Tensor):
-        t = image.detach()
-        if t.dim() == 4 and t.shape[0] != 1:
-            raise ParameterError(f"{name}: expected one image [1, 3, H, W], got a batch of {t.shape[0]}")
-        t = t[0] if t.dim() == 4 else t
+        t = image.detach()[0] if image.dim() == 4 and image.shape[0] == 1 else image.detach()
         if t.dim() != 3 or t.shape[0] not in (1, 3):
-            raise ParameterError(f"{name}: expected shape [1, 3, H, W], [3, H, W] or a mask [1, 1, H, W], "
+            raise ParameterError(f"{name}: expected one image [1, 3, H, W] or [3, H, W], or a mask [1, 1, H, W], "
                                  f"got {list(image.shape)}")
         t = t.expand(3, -1, -1).permute(1, 2, 0)
         arr = np.ascontiguousarray((t if t.dtype == torch.uint8 else t.float()).cpu().numpy())
@@ -340,11 +331,9 @@ def ask_for_pictures(content_path: str, style_path: str, *, ask: bool | str | in
                      folder: PathLike = "uploads") -> tuple[str, str]:
     """Let the user pick their own photo and painting; return ``(content_path, style_path)`` to use.
 
-    ``ask`` is the notebook's ``upload`` setting (True/False, "yes"/"no", 1/0, ...): False returns the paths and
-    shows nothing. Colab: its upload dialog for each (Cancel keeps the current one). Jupyter, VS Code: a file
-    picker for each; a chosen file is saved at once and the next run of the cell returns it. Headless (see
-    :func:`in_notebook`): the paths unchanged. Uploads go into ``folder`` as ``photo-NAME`` and ``painting-NAME``
-    (never over another file) and are checked with :func:`load_image`.
+    ``ask``: the notebook's ``upload`` knob; False asks nothing. Colab: an upload dialog for each (Cancel keeps the
+    path); Jupyter, VS Code: a file picker for each, whose file the next call returns; headless (:func:`in_notebook`):
+    the paths. Uploads are checked and saved into ``folder`` as ``photo-NAME`` and ``painting-NAME``.
     """
     if not _bool("upload", ask):
         return content_path, style_path
@@ -355,31 +344,30 @@ def ask_for_pictures(content_path: str, style_path: str, *, ask: bool | str | in
             print(f"Choose your {role} (Cancel keeps {roles[role]}):")
             for name, data in (files.upload() or {}).items():
                 roles[role] = _save_upload(name, data, role, folder)
-        return roles["photo"], roles["painting"]
-    if not in_notebook():
+    elif not in_notebook():
         print(f"No one can choose files in a headless run: keeping {content_path} and {style_path}.")
-        return content_path, style_path
-    import ipywidgets
-    from IPython.display import display
-    messages = ipywidgets.Output()  # what a callback prints is lost in Jupyter unless captured here
+    else:
+        import ipywidgets
+        from IPython.display import display
+        messages = ipywidgets.Output()  # what a callback prints is lost in Jupyter unless captured here
 
-    def on_upload(change, role):
-        with messages:
-            for item in change["new"]:
-                try:
-                    _save_upload(item["name"], item["content"], role, folder)
-                    print("Run this cell again to use it, then the cells below.")
-                except NSTError as exc:
-                    print(exc)
+        def on_upload(change, role):
+            with messages:
+                for item in change["new"]:
+                    try:
+                        _save_upload(item["name"], item["content"], role, folder)
+                        print("Run this cell again to use it, then the cells below.")
+                    except NSTError as exc:
+                        print(exc)
 
-    for role in roles:
-        earlier = sorted(Path(folder).expanduser().glob(f"{role}-*"), key=lambda f: f.stat().st_mtime)
-        roles[role] = str(earlier[-1]) if earlier else roles[role]
-        picker = ipywidgets.FileUpload(accept="image/*", description=f"your {role}")
-        picker.observe(lambda change, role=role: on_upload(change, role), names="value")
-        display(picker)
-    display(messages)
-    print(f"Using {roles['photo']} and {roles['painting']}.")
+        for role in roles:
+            earlier = sorted(Path(folder).expanduser().glob(f"{role}-*"), key=lambda f: f.stat().st_mtime)
+            roles[role] = str(earlier[-1]) if earlier else roles[role]
+            picker = ipywidgets.FileUpload(accept="image/*", description=f"your {role}")
+            picker.observe(lambda change, role=role: on_upload(change, role), names="value")
+            display(picker)
+        display(messages)
+        print(f"Using {roles['photo']} and {roles['painting']}.")
     return roles["photo"], roles["painting"]
 
 
@@ -415,11 +403,9 @@ def _is_protected(path: Path, protect: Iterable[PathLike]) -> bool:
 
 
 def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
-    """Write ``data`` to ``path`` or, if that is taken, to ``stem-1.ext``, ``stem-2.ext``, ...; return the path.
-
-    The data goes to a temporary file first, then the name is claimed atomically with ``os.link`` (which fails
-    if it exists): parallel runs never write over each other and no one sees a half-written file.
-    ``overwrite=True`` replaces ``path`` unless it is one of ``protect``.
+    """Write ``data`` to ``path`` or, if taken, ``stem-1.ext``, ``stem-2.ext``, ...; return the path written. The
+    data goes to a temporary file, then ``os.link`` claims the name atomically (it fails if the name exists): parallel
+    runs never write over each other, no one sees half a file. ``overwrite=True`` replaces ``path`` unless protected.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -462,12 +448,9 @@ def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect:
 
 def save_image(image: Image.Image | Tensor, path: PathLike, *, overwrite: bool = False,
                protect: Iterable[PathLike] = ()) -> Path:
-    """Write a PIL image or image tensor to ``path`` in the format of its suffix; return the path written.
-
-    Like every ``save_*``: an existing file is kept and the new one goes to the next free name (``result-1.png``)
-    unless ``overwrite=True``; files in ``protect`` are never replaced; broken data (NaN, float values outside
-    0..1) raises :class:`ParameterError` before anything is written.
-    """
+    """Write a PIL image or image tensor to ``path`` in the format of its suffix; return the path written. Like
+    every ``save_*``: an existing file is kept and the new one goes to the next free name (``result-1.png``) unless
+    ``overwrite=True``; ``protect``ed files never are; broken data (NaN, 0..255 floats) is refused first."""
     img = image if isinstance(image, Image.Image) else tensor_to_image(image)
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
@@ -481,15 +464,16 @@ def save_image(image: Image.Image | Tensor, path: PathLike, *, overwrite: bool =
 
 
 def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike, *, duration_ms: int = 80,
-             last_frame_ms: int | None = 1500, loop: int = 0, max_size: int | None = None, overwrite: bool = False,
-             protect: Iterable[PathLike] = ()) -> Path:
-    """Write frames (any form :func:`show_images` takes, all one size) as an animated GIF, like :func:`save_image`;
-    ``last_frame_ms`` holds the final picture, ``loop=0`` loops forever, frames whose long side is over
-    ``max_size`` pixels are shrunk to it (a GIF's size and encoding time grow with its pixels). Each frame gets
-    its own 256-colour palette (Pillow's fast octree: as good as median cut for photos, and many times faster)."""
+             last_frame_ms: int | None = 1500, loop: int = 0, max_size: int | None = None, lossy: int | None = None,
+             overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
+    """Write frames (any form :func:`show_images` takes, one size) as an animated GIF, like :func:`save_image`.
+    ``last_frame_ms`` holds the last picture; ``loop=0`` loops forever; ``max_size`` caps the long side (px).
+    ``lossy=0`` shrinks the GIF with ``gifsicle -O3`` (same pixels), ``lossy=40`` also with ``--lossy=40`` (several
+    times smaller, a little noise); without gifsicle a warning says so and Pillow's GIF is written."""
     if len(frames) == 0:
         raise ParameterError(f"{path}: save_gif needs at least one frame")
     _whole("max_size", max_size, MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
+    _whole("lossy", lossy, 0, "a whole number (0: lossless)", none=True)
     arrays = [_to_uint8(f, f"frames[{i}]") for i, f in enumerate(frames)]
     sizes = sorted({a.shape[:2] for a in arrays})
     if len(sizes) > 1:
@@ -503,7 +487,22 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
     buffer = io.BytesIO()
     pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], loop=loop,
                      duration=durations if len(durations) > 1 else durations[0])
-    return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
+    data = buffer.getvalue() if lossy is None else _gifsicle(buffer.getvalue(), lossy, path)
+    return _write_new(path, data, overwrite=overwrite, protect=protect)
+
+
+def _gifsicle(gif: bytes, lossy: int, path: PathLike) -> bytes:
+    """``gif`` shrunk by ``gifsicle -O3`` (``--lossy`` if > 0), or as it was, with a warning, if that fails."""
+    if shutil.which("gifsicle") is None:
+        warnings.warn(f"{path}: gifsicle is not installed, so the GIF stays uncompressed (apt-get install gifsicle, "
+                      "brew install gifsicle or conda install -c conda-forge gifsicle).", stacklevel=3)
+        return gif
+    done = subprocess.run(["gifsicle", "-O3", "--no-warnings", *([f"--lossy={lossy}"] if lossy else [])],
+                          input=gif, capture_output=True)
+    if done.returncode:
+        warnings.warn(f"{path}: gifsicle failed ({done.stderr.decode(errors='replace').strip()}); the GIF stays "
+                      "uncompressed.", stacklevel=3)
+    return done.stdout if done.returncode == 0 else gif
 
 
 def save_figure(fig, path: PathLike, *, dpi: float = 100, overwrite: bool = False,
@@ -530,28 +529,6 @@ def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect:
 
     text = json.dumps(clean(data), indent=1, allow_nan=False)
     return _write_new(path, text.encode("utf-8"), overwrite=overwrite, protect=protect)
-
-
-def optimize_gif(path: PathLike, *, lossy: int | None = None) -> bool:
-    """Shrink a GIF in place with ``gifsicle -O3`` (``lossy``, e.g. 40: several times smaller, a little noise);
-    return whether it did. Without gifsicle, or if it fails, a warning says so and the GIF stays as it was."""
-    if shutil.which("gifsicle") is None:
-        warnings.warn("gifsicle is not installed, so GIFs stay uncompressed (apt-get install gifsicle, "
-                      "brew install gifsicle or conda install -c conda-forge gifsicle).", stacklevel=2)
-        return False
-    path = Path(path).expanduser()
-    tmp = _temporary(path)  # gifsicle --batch would truncate the GIF first: an interrupt could lose it
-    try:
-        done = subprocess.run(["gifsicle", "-O3", "--no-warnings", *([f"--lossy={int(lossy)}"] if lossy else []),
-                               str(path), "-o", str(tmp)], capture_output=True, text=True)
-        if done.returncode == 0:
-            os.replace(tmp, path)
-    finally:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    if done.returncode:
-        warnings.warn(f"{path}: gifsicle failed ({done.stderr.strip()}); the GIF stays uncompressed.", stacklevel=2)
-    return done.returncode == 0
 
 
 class OutputDir:
@@ -770,11 +747,10 @@ def load_vgg19(weights: str = "caffe", *, pooling: str = "max", device: torch.de
                timeout: float = 5.0, verbose: bool = True) -> nn.Sequential:
     """VGG19's convolutional part, frozen, in ``eval()`` mode, its children named as in :data:`VGG19_LAYERS`.
 
-    ``weights``: ``"caffe"``, the original weights of Gatys et al. (offline); ``"torchvision"``,
-    ``IMAGENET1K_V1`` (548 MB, downloaded once; ``timeout`` seconds per network wait); ``"auto"``,
-    torchvision's if cached or downloadable, else caffe, decided within about ``timeout`` seconds.
-    ``pooling``: ``"max"`` (as trained) or ``"avg"`` (smoother gradients, Gatys et al.). The first child,
-    ``preprocess``, turns RGB 0..1 into what the weights expect; ``net.weights`` says which were loaded.
+    ``weights``: ``"caffe"``, the original weights of Gatys et al. (offline); ``"torchvision"``, ``IMAGENET1K_V1``
+    (548 MB, downloaded once, ``timeout`` s per network wait); ``"auto"``: torchvision's if cached or downloadable
+    within ``timeout``, else caffe. ``pooling``: ``"max"`` (as trained) or ``"avg"``. The first child, ``preprocess``,
+    turns RGB 0..1 into what the weights expect; ``net.weights`` says which were loaded.
     """
     _choice("weights", weights, WEIGHTS_CHOICES)
     _choice("pooling", pooling, ("max", "avg"))
@@ -813,11 +789,10 @@ def layer_index(net: nn.Sequential, name: str) -> int:
 # ------------------------------------------------------------------------ settings: fail in a second, not after minutes
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA if available, else Apple's MPS, else the CPU; or the device asked for, checked."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if str(preference) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return torch.device("cuda" if gpus else "mps" if mps else "cpu")
     use = "use 'auto', 'cpu', 'cuda' (or 'cuda:0', ...) or 'mps'"
     try:
         dev = torch.device(preference)
@@ -825,12 +800,10 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
         raise ParameterError(f"device={preference!r} is not a device; {use}.") from exc
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ParameterError(f"device={preference!r} is not supported here; {use}.")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"device={preference!r} but PyTorch sees no CUDA GPU; use device='auto' or 'cpu'.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ParameterError(f"device={preference!r} but there are {torch.cuda.device_count()} CUDA GPU(s); "
-                             "use 'cuda:0', 'auto' or 'cpu'.")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
+    if dev.type == "cuda" and (dev.index or 0) >= gpus:
+        raise ParameterError(f"device={preference!r} but " + (f"there are {gpus} CUDA GPU(s); use 'cuda:0', 'auto' or "
+                             "'cpu'." if gpus else "PyTorch sees no CUDA GPU; use device='auto' or 'cpu'."))
+    if dev.type == "mps" and not mps:
         raise ParameterError(f"device={preference!r} but MPS is not available; use device='auto' or 'cpu'.")
     return dev
 
@@ -885,14 +858,11 @@ _INPUTS = (("content_path", False), ("style_path", False), ("content_path_2", Tr
 
 
 def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
-    """Check every knob of the notebook's parameters cell; return them resolved, or raise :class:`ParameterError`.
-
-    ``knobs`` is the notebook's ``globals()`` (other names are ignored). Before any network is loaded it checks
-    values and types (``"false"`` and ``"0"`` mean False); that each input image the chosen sections use can be
-    read (URLs are downloaded) and keeps 32 px on its short side at every size the notebook loads it at, also at
-    the tour's style scales; last, that ``output_dir`` can be created and written to. Returned: the knobs with
-    defaults resolved (``device`` a torch.device, sizes for it, ``live`` a bool, ``output_dir`` a Path), ``tour``
-    (whether ``sections == "all"``) and ``inputs``, every input path used, for :class:`OutputDir` to protect.
+    """Check every knob of the notebook's parameters cell (``knobs``: its ``globals()``) before any network loads:
+    values and types (``"false"``, ``"0"`` mean False); that each picture the chosen sections use can be read and
+    keeps 32 px on its short side at every size the notebook loads it at; last, that ``output_dir`` is writable.
+    Returns the knobs with defaults resolved (``device`` a torch.device, sizes for it, ``live`` a bool), ``tour``
+    (``sections == "all"``) and ``inputs``, the input paths used, for :class:`OutputDir` to protect.
     """
     missing = [k for k in ("content_path", "style_path", "output_dir") if k not in knobs]
     if missing:
@@ -942,8 +912,7 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
         uses = {"extra_size": s.extra_size} if tour_only else {"image_size": s.image_size}
         if not tour_only and s.tour:
             uses.update(extra_size=s.extra_size, layers_size=s.layers_size, hires_size=s.hires_size)
-            if name == "style_path":  # coarse to fine loads the style at each level's size, the first one smallest
-                uses["hires_size"] = max(pyramid_sizes(_fitted(content_wh, s.hires_size)[::-1], 3)[0])
+            uses["hires_size"] = s.hires_size // 4  # coarse to fine starts at a quarter of it
         try:
             img = load_image(value, max(uses.values()), min_size=1)
         except ImageError as exc:
@@ -993,11 +962,10 @@ class RunResult(SimpleNamespace):
 class Monitor:
     """Watches an L-BFGS run from inside its closure: one :meth:`update` per evaluation, then :meth:`result`.
 
-    Records the loss history, every ``frame_every``-th image as a GIF frame and the best image; prints
-    progress every ``print_every`` evaluations, or with ``live=True`` shows a progress bar and every
-    ``preview_every``-th image, updated in place (0 turns each off). :meth:`update` raises
-    :class:`StopRun` once ``num_evals`` evaluations are spent, when the loss or gradient is not finite,
-    or when the best loss has not improved by a relative ``stall_rtol`` in ``stall_patience``
+    Keeps the loss history, the best image and every ``frame_every``-th image (a GIF frame); prints every
+    ``print_every`` evaluations or, with ``live=True``, shows a progress bar and every ``preview_every``-th image
+    (0 turns each off). :meth:`update` raises :class:`StopRun` after ``num_evals`` evaluations, on a non-finite loss
+    or gradient, or when the best loss has not improved by a relative ``stall_rtol`` in ``stall_patience``
     evaluations. Call :meth:`interrupt` on Ctrl-C.
     """
 
@@ -1011,20 +979,13 @@ class Monitor:
         self.stall_rtol = _number("stall_rtol", stall_rtol, 0.0, 1.0, example="1e-5")
         self.num_evals, self.frame_every, self.print_every = num_evals, frame_every, print_every
         self.preview_every, self.stall_patience, self.log = preview_every, stall_patience, log
-        self.live = _bool("live", live)
-        if self.live:
-            try:
-                import IPython.display  # noqa: F401
-                import tqdm.auto  # noqa: F401
-            except ImportError:  # no notebook machinery: print progress lines instead
-                self.live = False
+        self.live = _bool("live", live) and all(importlib.util.find_spec(m) for m in ("IPython", "tqdm"))
         self.history: list[dict] = []
         self.frames: list[np.ndarray] = []
         self.best_image: Tensor | None = None
-        self.first_image: Tensor | None = None
         self.best_loss, self.best_eval, self.last_improvement = math.inf, 0, 0
         self._reference = math.inf  # the best loss at the last improvement by more than stall_rtol
-        self.stop_reason, self._bar, self._preview = "", None, None
+        self.stop_reason, self._bar, self._preview, self._first = "", None, None, None
         self._start, self._end = time.perf_counter(), None
 
     @property
@@ -1036,22 +997,18 @@ class Monitor:
         return bool(self.stop_reason)
 
     def update(self, image: Tensor, loss: Tensor, parts: Mapping[str, Tensor | float] | None = None) -> None:
-        """Record one evaluation, after ``loss.backward()``; raise :class:`StopRun` when the run should end.
-
-        ``image``: the tensor being optimised, ``[1, 3, H, W]``; ``loss``: a scalar; ``parts``: its
-        named terms before weighting (e.g. ``{"content": c, "style": s}``), kept in the history.
+        """Record one evaluation of ``image`` ``[1, 3, H, W]`` (after ``loss.backward()``); ``parts``: the loss's
+        named terms before weighting, e.g. ``{"content": c, "style": s}``. :class:`StopRun` when the run should end.
         """
         if self.done:
             raise StopRun(self.stop_reason, f"the run has already stopped ({self.stop_reason})")
         n = self.evaluations + 1
         entry = {"eval": n, "seconds": time.perf_counter() - self._start, "loss": float(loss.detach())}
         entry.update({k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in (parts or {}).items()})
-        grad_ok = image.grad is None or bool(torch.isfinite(image.grad).all())
-        if not (math.isfinite(entry["loss"]) and grad_ok):
+        if not (math.isfinite(entry["loss"]) and (image.grad is None or torch.isfinite(image.grad).all())):
             self._stop("non-finite", self._non_finite_message(n, entry, image))
         self.history.append(entry)
-        if n == 1:
-            self.first_image = image.detach().clone()
+        self._first = image.detach().clone() if n == 1 else self._first
         if entry["loss"] < self.best_loss:
             if n == 1 or self._reference - entry["loss"] > self.stall_rtol * abs(self._reference):
                 self.last_improvement, self._reference = n, entry["loss"]
@@ -1066,26 +1023,25 @@ class Monitor:
                        f"{self.best_loss:.4g} at evaluation {self.best_eval}). Try other loss weights or lr.")
 
     def _non_finite_message(self, n: int, entry: dict, image: Tensor) -> str:
-        parts = {k: v for k, v in entry.items() if k not in ("eval", "seconds", "loss")}
-        bad = [k for k, v in parts.items() if not math.isfinite(v)]
+        bad = [k for k, v in list(entry.items())[3:] if not math.isfinite(v)]  # the parts after eval, seconds, loss
         peak = float(image.detach().abs().max())  # NaN if the image holds NaN
         if not peak <= 1e4:
             cause = f"the image itself diverged (pixel values up to {peak:.3g}, not 0..1); lower lr"
         elif bad:
             cause = (f"the {' and '.join(bad)} loss became NaN or infinite; lower "
                      f"{' and '.join(k + '_weight' for k in bad)}, or check what that loss is computed from")
-        elif math.isinf(entry["loss"]) and parts:  # NaN does not come from adding finite terms
+        elif math.isinf(entry["loss"]) and len(entry) > 3:  # NaN does not come from adding finite terms
             cause = ("every part of the loss is finite but their weighted sum overflowed float32; lower the largest "
                      "loss weight (content_weight, style_weight or tv_weight)")
         else:
-            cause = f"the {'gradient' if math.isfinite(entry['loss']) else 'loss'} became NaN or infinite; lower the " \
-                    "loss weights or lr"
+            what = "gradient" if math.isfinite(entry["loss"]) else "loss"
+            cause = f"the {what} became NaN or infinite; lower the loss weights or lr"
         return f"evaluation {n}: {cause}. Kept the best image (evaluation {self.best_eval})."
 
     def _progress(self, n: int, entry: dict, image: Tensor) -> None:
         if not self.live:
             if self.print_every and (n % self.print_every == 0 or n == 1):
-                parts = "  ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("eval", "seconds", "loss"))
+                parts = "  ".join(f"{k} {v:.4g}" for k, v in list(entry.items())[3:])
                 self.log(f"eval {n:4d}/{self.num_evals}  loss {entry['loss']:.4g}  {parts}  ({entry['seconds']:.1f} s)")
             return
         if self._bar is None:
@@ -1117,28 +1073,29 @@ class Monitor:
                            f"image (evaluation {self.best_eval}).")
 
     def result(self) -> RunResult:
-        """The run's outcome (and a note if the picture did not change at all); :class:`NSTError` if no
-        evaluation was finite."""
+        """The run's outcome, with a note if the picture did not change; :class:`NSTError` if no evaluation was
+        finite."""
         if self._bar is not None:
             self._bar.close()
         if self.best_image is None:
             raise NSTError(f"no finite evaluation happened (stopped: {self.stop_reason or 'not started'}); "
                            "lower the loss weights or lr")
-        changed = bool((self.best_image - self.first_image).abs().max() >= 0.5 / 255)
+        changed = bool((self.best_image - self._first).abs().max() >= 0.5 / 255)
         if not changed and self.evaluations > 1:
             self.log(f"Note: the picture did not change in {self.evaluations} evaluations (loss {self.best_loss:.4g}). "
                      "If the start image already fits (e.g. the content image with style_weight=0), start from noise "
                      "or raise style_weight; a loss weight far above the usual range (style_weight 1..100) leaves "
                      "L-BFGS no room in float32: lower it.")
         device = self.best_image.device
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         return RunResult(image=self.best_image.clamp(0, 1), best_loss=self.best_loss, history=self.history,
                          frames=self.frames, stop_reason=self.stop_reason or "budget",
                          seconds=(self._end or time.perf_counter()) - self._start, evaluations=self.evaluations,
-                         changed=changed, peak_memory_mb=peak, image_hw=list(self.best_image.shape[-2:]))
+                         changed=changed, image_hw=list(self.best_image.shape[-2:]),
+                         peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                         else None)
 
 
-# --------------------------------------------------------------------------- extras: colours, style scale, sizes
+# --------------------------------------------------------------------------- extras: colours and style scale
 #: RGB -> YIQ (FCC NTSC 1953, as in ``skimage.color.rgb2yiq``); rows Y (luma, 0..1), I, Q (chroma).
 _YIQ_FROM_RGB = ((0.299, 0.587, 0.114), (0.59590059, -0.27455667, -0.32134392), (0.21153661, -0.52273617, 0.31119955))
 
@@ -1149,16 +1106,13 @@ def _color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
 
 
 def luminance_transfer(stylized: Tensor, content: Tensor) -> Tensor:
-    """The stylised image's luminance with the content image's colours (Gatys et al. 2016, post hoc).
-
-    Y of YIQ from ``stylized``, I and Q from ``content`` (both ``[B, 3, H, W]`` in 0..1, one shape);
-    returns RGB clipped to 0..1 on ``stylized``'s device.
-    """
+    """The stylised image's luminance with the content image's colours (Gatys et al. 2016, post hoc): Y of YIQ
+    from ``stylized``, I and Q from ``content`` (both ``[B, 3, H, W]`` in 0..1, one shape); RGB clipped to 0..1."""
     _check_tensor(stylized, "stylized", channels=3)
     _check_tensor(content, "content", channels=3)
     if stylized.shape != content.shape:
         raise ParameterError(f"stylized {list(stylized.shape)} and content {list(content.shape)} must have the same "
-                             "shape; resize one first (resize_tensor(content, stylized.shape[-2:]))")
+                             "shape; resize one first (torch.nn.functional.interpolate(content, stylized.shape[-2:]))")
     to_yiq = torch.tensor(_YIQ_FROM_RGB, dtype=torch.float64)
     content = content.to(device=stylized.device, dtype=stylized.dtype)
     yiq = torch.cat([_color_matrix(stylized, to_yiq)[:, :1], _color_matrix(content, to_yiq)[:, 1:]], dim=1)
@@ -1197,12 +1151,9 @@ def match_color_histogram(source: Tensor, target_colors: Tensor, eps: float = 1e
 
 def scale_style_image(style: Image.Image, content_size: tuple[int, int], scale: float = 1.0, *,
                       name: str = "scale") -> Image.Image:
-    """Resize ``style`` so its long side is ``scale`` times the long side of ``content_size = (width, height)``.
-
-    VGG's filters have a fixed size in pixels, so the style image's size sets the size of its strokes
-    in the result: ``scale > 1`` bolder, ``< 1`` finer. :class:`ParameterError` naming ``name`` if the
-    short side would fall below 32 px.
-    """
+    """Resize ``style`` so its long side is ``scale`` times that of ``content_size = (width, height)``. VGG's
+    filters have a fixed size in pixels, so this sets the size of the strokes: ``scale > 1`` bolder, ``< 1`` finer.
+    :class:`ParameterError` naming ``name`` if the short side would fall below 32 px."""
     _number(name, scale, 0.0, above=True)
     factor = scale * max(_pixels("content_size", content_size, order="width, height")) / max(style.size)
     size = (max(1, round(style.width * factor)), max(1, round(style.height * factor)))
@@ -1210,21 +1161,3 @@ def scale_style_image(style: Image.Image, content_size: tuple[int, int], scale: 
         raise ParameterError(f"{name}={scale!r} makes the style image {size[0]}x{size[1]} px; its short side must be "
                              f"at least {MIN_IMAGE_SIDE} px. Use a larger scale or a larger picture size.")
     return style.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-
-
-def resize_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """``[B, C, H, W]`` -> ``[B, C, *size]``, ``size = (height, width)``: bilinear, antialiased when shrinking;
-    stays in range and is differentiable."""
-    _check_tensor(image, "resize_tensor")
-    size = _pixels("size", size)
-    shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    return nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
-
-
-def pyramid_sizes(full_hw: tuple[int, int], levels: int) -> list[tuple[int, int]]:
-    """Sizes ``(height, width)`` for a coarse-to-fine run, smallest first, each half the next; levels whose
-    short side would fall below 32 px are left out, the last is always ``full_hw``."""
-    _whole("levels", levels, 1)
-    h, w = _pixels("full_hw", full_hw, MIN_IMAGE_SIDE)
-    sizes = [(round(h / 2**k), round(w / 2**k)) for k in range(levels - 1, 0, -1)]
-    return [hw for hw in sizes if min(hw) >= MIN_IMAGE_SIDE] + [(h, w)]

@@ -3,8 +3,8 @@
 
 Self-contained: it uses only the stable parts of ``nst_utils`` (``load_image``,
 ``image_to_tensor``, ``load_vgg19``, ``layer_index``, ``gram_matrix``, ``content_loss``,
-``style_loss``, ``resize_tensor``, ``pyramid_sizes``) and writes its own forward-hook
-feature extraction. The problem is the notebook's: content ``relu4_2``, style
+``style_loss``, ``features``) and resizes with its own ``resize`` (plain ``F.interpolate``).
+The problem is the notebook's: content ``relu4_2``, style
 ``relu1_1 .. relu5_1``, loss = 1.0 * content + 5.0 * mean(style losses), L-BFGS exactly as
 the notebook builds it (``lr=1, history_size=50, line_search_fn="strong_wolfe",
 max_iter=N, tolerance_grad=0, tolerance_change=0``) in ONE ``step()`` call, the closure
@@ -37,7 +37,7 @@ not started when ``--time-budget`` is spent is skipped with a note, fp32_repeat 
 
 The images are about 768 px wide and ``load_image`` never enlarges, so for a long side
 larger than the file's, the image is loaded at full size and upsampled with
-``resize_tensor`` (recorded as ``upsampled_from`` in the JSON and said in the tables).
+``resize`` (recorded as ``upsampled_from`` in the JSON and said in the tables).
 
     python benchmarks/gpu_precision.py --device cuda --out results/gpu_precision.json
     python benchmarks/gpu_precision.py --device cpu --quick        # a CPU dry run, ~1-2 minutes
@@ -63,6 +63,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import nst_utils as nst  # noqa: E402
 
@@ -308,8 +309,20 @@ def bare_eval_ms(problem: Problem, init: torch.Tensor, clock: Clock, reps: int) 
 # --------------------------------------------------------------------------- images
 
 
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize to ``size = (height, width)``, antialiased when shrinking (as the notebook's uses)."""
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def pyramid_sizes(full_hw: tuple[int, int], levels: int) -> list[tuple[int, int]]:
+    """Coarse-to-fine sizes, smallest first, each half the next; levels under 32 px on a side are left out."""
+    sizes = [(round(full_hw[0] / 2**k), round(full_hw[1] / 2**k)) for k in range(levels - 1, 0, -1)]
+    return [hw for hw in sizes if min(hw) >= 32] + [tuple(full_hw)]
+
+
 def load_pair(size: int, device: torch.device) -> dict:
-    """Content and style with long side ``size`` (upsampled with resize_tensor if the file is smaller)."""
+    """Content and style with long side ``size`` (upsampled with resize if the file is smaller)."""
     out = {}
     for key, path in (("content", CONTENT), ("style", STYLE)):
         full = nst.load_image(path)
@@ -320,7 +333,7 @@ def load_pair(size: int, device: torch.device) -> dict:
         else:
             t = nst.image_to_tensor(full, device)
             s = size / native
-            t = nst.resize_tensor(t, (round(t.shape[-2] * s), round(t.shape[-1] * s)))
+            t = resize(t, (round(t.shape[-2] * s), round(t.shape[-1] * s)))
             up = [full.height, full.width]
         out[key], out[f"{key}_upsampled_from"] = t, up
     return out
@@ -556,17 +569,17 @@ def part_big(net, device, clock: Clock, big: int, direct_evals: int, direct_cap_
             torch.cuda.empty_cache()
         # coarse to fine
         try:
-            sizes = nst.pyramid_sizes(hw, levels=len(pyramid_evals))
+            sizes = pyramid_sizes(hw, levels=len(pyramid_evals))
             evals = pyramid_evals[: len(sizes)]  # the coarsest level gets the first budget, as in the notebook
             levels = []
             clock.reset_peak()
             t0 = clock.now()
             image = None
             for (h, w), n in zip(sizes, evals):
-                c_lvl = nst.resize_tensor(full_c, (h, w))
+                c_lvl = resize(full_c, (h, w))
                 s = max(h, w) / max(full_s.shape[-2:])
-                s_lvl = nst.resize_tensor(full_s, (round(full_s.shape[-2] * s), round(full_s.shape[-1] * s)))
-                start = c_lvl if image is None else nst.resize_tensor(image, (h, w))
+                s_lvl = resize(full_s, (round(full_s.shape[-2] * s), round(full_s.shape[-1] * s)))
+                start = c_lvl if image is None else resize(image, (h, w))
                 problem = Problem(feats, v, c_lvl, s_lvl)
                 run = run_lbfgs(problem, start, n, clock)
                 image = run["image"]

@@ -1,5 +1,5 @@
 """The "going further" helpers: colour preservation (luminance_transfer, match_color_histogram),
-style scale (scale_style_image), resizing (resize_tensor) and coarse-to-fine sizes (pyramid_sizes)."""
+and style scale (scale_style_image)."""
 
 from __future__ import annotations
 
@@ -154,66 +154,3 @@ def test_scale_style_image_errors_name_the_setting(kwargs, match):
     kwargs.setdefault("content_size", (512, 384))
     with pytest.raises(ParameterError, match=match):
         nu.scale_style_image(Image.new("RGB", (300, 200)), **kwargs)
-
-
-# --------------------------------------------------------------------------- resize_tensor
-
-
-def test_resize_tensor_shapes_range_and_device(device):
-    img = rand_image(device, 40, 60, seed=12)
-    for size in [(20, 30), (80, 90), (40, 60), (13, 97)]:
-        out = nu.resize_tensor(img, size)
-        assert out.shape == (1, 3, *size) and out.device == img.device and out.dtype == img.dtype
-        assert float(out.min()) >= 0 and float(out.max()) <= 1
-    assert torch.equal(nu.resize_tensor(img, (40, 60)), img)
-    mask = torch.rand(1, 1, 40, 60, device=device)  # any number of channels
-    assert nu.resize_tensor(mask, (10, 15)).shape == (1, 1, 10, 15)
-    # antialiased 3x shrink of a checkerboard is nearly flat grey; plain bilinear would alias to 0s and 1s
-    checker = ((torch.arange(48).view(-1, 1) + torch.arange(60)) % 2).float().expand(1, 3, 48, 60).to(device)
-    assert float((nu.resize_tensor(checker, (16, 20)) - 0.5).abs().max()) < 0.02
-
-
-def test_resize_tensor_is_differentiable(device):
-    img = rand_image(device, 16, 16).requires_grad_()
-    nu.resize_tensor(img, (8, 12)).sum().backward()
-    assert torch.isfinite(img.grad).all() and float(img.grad.abs().sum()) > 0
-
-
-@pytest.mark.parametrize("shape, size, match", [
-    ((1, 3, 8, 8), (0, 10), r"size=\(0, 10\): must be \(height, width\)"),
-    ((1, 3, 8, 8), (10,), r"size=\(10,\): must be"),
-    ((1, 3, 8, 8), (10.5, 10), r"size=\(10.5, 10\): must be"),
-    ((1, 3, 8, 8), (True, 10), r"size=\(True, 10\): must be"),
-    ((3, 8, 8), (4, 4), r"\[B, C, H, W\]"),
-])
-def test_resize_tensor_validates(device, shape, size, match):
-    with pytest.raises(ParameterError, match=match):
-        nu.resize_tensor(torch.rand(shape, device=device), size)
-
-
-# --------------------------------------------------------------------------- pyramid_sizes
-
-
-def test_pyramid_sizes():
-    assert nu.pyramid_sizes((512, 384), 1) == [(512, 384)]
-    assert nu.pyramid_sizes((512, 384), 3) == [(128, 96), (256, 192), (512, 384)]  # halving, smallest first
-    assert nu.pyramid_sizes((500, 375), 2) == [(250, 188), (500, 375)]
-    assert nu.pyramid_sizes((256, 128), 4) == [(64, 32), (128, 64), (256, 128)]  # (32, 16) is below 32 px
-    assert nu.pyramid_sizes((40, 32), 3) == [(40, 32)]
-    for hw, levels in [((1000, 700), 5), ((333, 517), 4), ((64, 999), 6)]:
-        sizes = nu.pyramid_sizes(hw, levels)
-        assert sizes[-1] == hw and len(sizes) <= levels and all(min(s) >= 32 for s in sizes)
-        assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
-
-
-@pytest.mark.parametrize("full_hw, levels, match", [
-    ((256, 256), 0, "levels=0"),
-    ((256, 256), -1, "levels=-1"),
-    ((256, 256), 2.0, "levels=2.0"),
-    ((256, 256), True, "levels=True"),
-    ((20, 100), 2, r"full_hw=\(20, 100\)"),
-    ((256,), 2, r"full_hw=\(256,\)"),
-])
-def test_pyramid_sizes_errors(full_hw, levels, match):
-    with pytest.raises(ParameterError, match=match):
-        nu.pyramid_sizes(full_hw, levels)

@@ -1,4 +1,4 @@
-"""Animated GIFs: save_gif (frames, timing, loop, colours, refusal of broken frames) and optimize_gif.
+"""Animated GIFs: save_gif (frames, timing, loop, colours, refusal of broken frames, gifsicle).
 
 The rules shared with the other kinds of file (no overwrite, protection, temporaries) are in test_saving.py.
 """
@@ -105,53 +105,60 @@ def test_save_gif_refuses_broken_frames_and_writes_nothing(tmp_path, device, mak
     assert os.listdir(tmp_path) == []
 
 
-# --------------------------------------------------------------------------- optimize_gif
+# --------------------------------------------------------------------------- lossy: gifsicle
 
 
 @needs_gifsicle
-def test_optimize_gif_without_lossy_keeps_every_pixel(tmp_path, gradient):
-    path = nst_utils.save_gif(_noisy_frames(4, gradient), tmp_path / "anim.gif", loop=2)
-    before_bytes, before = path.read_bytes(), _read_gif(path)
-    assert nst_utils.optimize_gif(path) is True
-    assert path.read_bytes() != before_bytes  # gifsicle really rewrote it
-    frames, durations, loop = _read_gif(path)
-    assert (durations, loop) == before[1:]
-    assert len(frames) == len(before[0])
-    for a, b in zip(frames, before[0]):
+def test_lossy_0_shrinks_with_gifsicle_and_keeps_every_pixel(tmp_path, gradient):
+    frames = _noisy_frames(4, gradient)
+    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif", loop=2)
+    optimized = nst_utils.save_gif(frames, tmp_path / "optimized.gif", loop=2, lossy=0)
+    assert optimized.read_bytes() != plain.read_bytes()  # gifsicle really rewrote it
+    before, after = _read_gif(plain), _read_gif(optimized)
+    assert after[1:] == before[1:] and len(after[0]) == len(before[0])  # durations, loop, frame count
+    for a, b in zip(after[0], before[0]):
         np.testing.assert_array_equal(a, b)
-    assert os.listdir(tmp_path) == ["anim.gif"]  # no temporary left
+    assert sorted(os.listdir(tmp_path)) == ["optimized.gif", "plain.gif"]  # no temporary left
 
 
 @needs_gifsicle
-def test_optimize_gif_lossy_makes_noisy_gifs_much_smaller(tmp_path, gradient):
+def test_lossy_makes_noisy_gifs_much_smaller(tmp_path, gradient):
     frames = _noisy_frames(6, gradient)
-    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif")
-    lossy = nst_utils.save_gif(frames, tmp_path / "lossy.gif")
-    assert nst_utils.optimize_gif(plain) and nst_utils.optimize_gif(lossy, lossy=80)
+    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif", lossy=0)
+    lossy = nst_utils.save_gif(frames, tmp_path / "lossy.gif", lossy=80)
     assert lossy.stat().st_size < 0.8 * plain.stat().st_size
     got, _, _ = _read_gif(lossy)
     assert len(got) == 6 and got[0].shape == (48, 64, 3)
     assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(got, frames)]) < 12  # a little noise only
 
 
-@needs_gifsicle
-def test_optimize_gif_failure_keeps_the_file(tmp_path):
-    path = tmp_path / "broken.gif"
-    path.write_bytes(b"GIF89a not really")
-    with pytest.warns(UserWarning, match="broken.gif: gifsicle failed"):
-        assert nst_utils.optimize_gif(path) is False
-    assert path.read_bytes() == b"GIF89a not really" and os.listdir(tmp_path) == ["broken.gif"]
+def _gifsicle_on_path(tmp_path, monkeypatch, script: str | None) -> None:
+    """PATH holds only a folder with a ``gifsicle`` that runs ``script``, or no gifsicle at all (None)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    if script is not None:
+        (folder / "gifsicle").write_text(f"#!/bin/sh\n{script}\n")
+        (folder / "gifsicle").chmod(0o755)
+    monkeypatch.setenv("PATH", str(folder))
 
 
-def test_optimize_gif_without_gifsicle_warns_once_and_keeps_the_file(tmp_path, monkeypatch):
-    path = nst_utils.save_gif(_frames(3), tmp_path / "anim.gif")
-    before = path.read_bytes()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
+@pytest.mark.parametrize("script, words", [
+    (None, ["anim.gif: gifsicle is not installed", "install gifsicle"]),
+    ("echo 'gifsicle: out of luck' >&2; exit 1", ["anim.gif: gifsicle failed (gifsicle: out of luck)"]),
+])
+def test_without_a_working_gifsicle_the_gif_is_written_as_pillow_made_it(tmp_path, monkeypatch, script, words):
+    frames = _frames(3)
+    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif").read_bytes()
+    _gifsicle_on_path(tmp_path, monkeypatch, script)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert nst_utils.optimize_gif(path, lossy=40) is False
-    assert len(caught) == 1  # one warning, saying what to install
-    assert "gifsicle is not installed" in str(caught[0].message) and "install gifsicle" in str(caught[0].message)
-    assert path.read_bytes() == before
+        path = nst_utils.save_gif(frames, tmp_path / "out" / "anim.gif", lossy=40)
+    assert len(caught) == 1 and all(w in str(caught[0].message) for w in words)
+    assert path.read_bytes() == plain and os.listdir(tmp_path / "out") == ["anim.gif"]
+
+
+def test_lossy_is_checked_before_anything_is_written(tmp_path):
+    for bad in (-1, 2.5, "40"):
+        with pytest.raises(ParameterError, match="lossy="):
+            nst_utils.save_gif(_frames(2), tmp_path / "anim.gif", lossy=bad)
+    assert os.listdir(tmp_path) == []

@@ -210,6 +210,7 @@ def test_a_tilde_path_is_expanded(knobs, tmp_path, monkeypatch):
     ("image_size", 32, "core"),      # the 4:3 photo becomes 32x24 px
     ("extra_size", 32, "all"),
     ("layers_size", 40, "all"),
+    ("hires_size", 160, "all"),      # coarse to fine starts at a quarter: 40x30 px
 ])
 def test_a_size_that_leaves_a_picture_too_small_is_named(knobs, name, value, sections):
     message = refused({**knobs, name: value, "sections": sections}, f"{name}={value}", "content_path")
