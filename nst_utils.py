@@ -911,8 +911,8 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
         # the long sides (px) the notebook loads this picture at, by the knob that sets each; masks: any size
         uses = {"extra_size": s.extra_size} if tour_only else {"image_size": s.image_size}
         if not tour_only and s.tour:
-            uses.update(extra_size=s.extra_size, layers_size=s.layers_size, hires_size=s.hires_size)
-            uses["hires_size"] = s.hires_size // 4  # coarse to fine starts at a quarter of it
+            uses.update(extra_size=s.extra_size, layers_size=s.layers_size,
+                        hires_size=s.hires_size // 4)  # coarse to fine starts at a quarter of hires_size
         try:
             img = load_image(value, max(uses.values()), min_size=1)
         except ImageError as exc:
