@@ -147,22 +147,24 @@ def _has_alpha(img: Image.Image) -> bool:
 
 def _download(url: str, timeout: float, max_bytes: int | None, advice: str) -> bytes:
     """The body of ``url`` (``timeout`` seconds per network wait); :class:`ImageError` naming it and ``advice``."""
+    import http.client
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "nst_utils"}),
-                                    timeout=timeout) as response:
+        request = urllib.request.Request(url, headers={"User-Agent": "nst_utils"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length", "")
-            declared = int(length) if length.isdigit() else 0
-            too_long = bool(max_bytes) and declared > max_bytes  # then read nothing
+            too_long = bool(max_bytes) and length.isdigit() and int(length) > max_bytes  # then read nothing
             data = b"" if too_long else response.read(None if max_bytes is None else max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise ImageError(f"{url}: the server answered {exc.code} {exc.reason}. Check the address.") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets; garbled or cut-off answers
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, socket.gaierror):
             reason = f"cannot resolve the host {urllib.parse.urlsplit(url).hostname!r}: {reason.strerror}"
+        elif isinstance(exc, http.client.HTTPException):
+            reason = f"a garbled or cut-off answer: {exc!r}"
         raise ImageError(f"{url}: could not download it ({reason}; timeout {timeout:g} s). {advice}") from exc
     if max_bytes and (too_long or len(data) > max_bytes):
-        size = f"{declared:,} bytes" if too_long else "stopped downloading"
+        size = f"{int(length):,} bytes" if too_long else "stopped downloading"
         raise ImageError(f"{url}: too large ({size}; the limit is nst_utils.MAX_DOWNLOAD_BYTES = {max_bytes:,} bytes)."
                          " Use a smaller version of the picture.")
     return data
@@ -187,7 +189,6 @@ def _read(source: PathLike, max_size: int | None, timeout: float) -> tuple[str, 
                 if getattr(opened, "n_frames", 1) > 1:
                     warnings.warn(f"{label}: animated image with {opened.n_frames} frames; using the first frame.",
                                   stacklevel=3)
-                    opened.seek(0)
                 if opened.width * opened.height > MAX_IMAGE_PIXELS:
                     raise Image.DecompressionBombError(f"{opened.width}x{opened.height} px is more than "
                                                        f"nst_utils.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels")
@@ -207,12 +208,10 @@ def _read(source: PathLike, max_size: int | None, timeout: float) -> tuple[str, 
 
 def load_image(source: PathLike, max_size: int | None = None, *, background: tuple[int, int, int] = (255, 255, 255),
                min_size: int = MIN_IMAGE_SIDE, timeout: float = 20.0) -> Image.Image:
-    """Read an image file (``~`` expanded) or http(s) URL as an 8-bit RGB PIL image, EXIF rotation applied.
-
-    Any mode is converted, transparency composited onto ``background`` (RGB 0..255), an animated image gives its
-    first frame; ``max_size`` shrinks (never enlarges) the long side to that many pixels; ``timeout``: seconds per
-    network wait. :class:`ImageError` for anything unusable, or a short side below ``min_size`` pixels.
-    """
+    """An image file (``~`` expanded) or http(s) URL as an 8-bit RGB PIL image: EXIF rotation applied, any mode
+    converted, transparency composited onto ``background`` (RGB 0..255), an animated image's first frame.
+    ``max_size`` shrinks (never enlarges) the long side to that many pixels; ``timeout``: seconds per network wait.
+    :class:`ImageError` for anything unusable, or a short side below ``min_size`` pixels."""
     _whole("max_size", max_size, min_size, "a whole number of pixels", none=True)
     label, img = _read(source, max_size, timeout)
     img = _to_rgb(img, background)
@@ -247,10 +246,8 @@ def image_to_tensor(img: Image.Image, device: torch.device | str | None = None) 
 
 
 def _to_uint8(image: Tensor | np.ndarray | Image.Image, name: str = "image") -> np.ndarray:
-    """PIL image, tensor ``[1, 3, H, W]``, ``[3, H, W]`` or mask ``[1, 1, H, W]``, or ``[H, W, 3]`` array -> uint8
-    ``[H, W, 3]``. uint8 values are 0..255, others 0..1 (clipped); :class:`ParameterError` for NaN or infinite
-    values and for float values far outside 0..1 (such as 0..255 data): no broken picture is saved black or white.
-    """
+    """PIL image, tensor ``[1, 3, H, W]``, ``[3, H, W]``, mask ``[1, 1, H, W]`` or ``[H, W, 3]`` array -> uint8
+    ``[H, W, 3]``; uint8 is 0..255, float 0..1 (clipped); NaN, infinity, 0..255 floats: :class:`ParameterError`."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     if isinstance(image, Tensor):
@@ -329,12 +326,10 @@ def _save_upload(name: str, data: bytes, role: str, folder: PathLike) -> str:
 
 def ask_for_pictures(content_path: str, style_path: str, *, ask: bool | str | int = True,
                      folder: PathLike = "uploads") -> tuple[str, str]:
-    """Let the user pick their own photo and painting; return ``(content_path, style_path)`` to use.
-
-    ``ask``: the notebook's ``upload`` knob; False asks nothing. Colab: an upload dialog for each (Cancel keeps the
-    path); Jupyter, VS Code: a file picker for each, whose file the next call returns; headless (:func:`in_notebook`):
-    the paths. Uploads are checked and saved into ``folder`` as ``photo-NAME`` and ``painting-NAME``.
-    """
+    """Let the user pick their own photo and painting; return ``(content_path, style_path)`` to use. ``ask``: the
+    notebook's ``upload`` knob; False asks nothing. Colab: an upload dialog for each (Cancel keeps the path); Jupyter,
+    VS Code: a file picker for each, whose file the next call returns; headless (:func:`in_notebook`): the paths.
+    Uploads are checked and saved into ``folder`` as ``photo-NAME`` and ``painting-NAME``."""
     if not _bool("upload", ask):
         return content_path, style_path
     roles = {"photo": content_path, "painting": style_path}
@@ -361,8 +356,8 @@ def ask_for_pictures(content_path: str, style_path: str, *, ask: bool | str | in
                         print(exc)
 
         for role in roles:
-            earlier = sorted(Path(folder).expanduser().glob(f"{role}-*"), key=lambda f: f.stat().st_mtime)
-            roles[role] = str(earlier[-1]) if earlier else roles[role]
+            latest = max(Path(folder).expanduser().glob(f"{role}-*"), key=os.path.getmtime, default=roles[role])
+            roles[role] = str(latest)  # the newest earlier upload, else the path given
             picker = ipywidgets.FileUpload(accept="image/*", description=f"your {role}")
             picker.observe(lambda change, role=role: on_upload(change, role), names="value")
             display(picker)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import io
 import os
+import socket
 import sys
 import threading
 import time
@@ -341,6 +342,30 @@ def test_url_slow_server_times_out(server):
     assert time.monotonic() - start < 2.0
     msg = str(info.value)
     assert "slow.png" in msg and "timeout 0.5 s" in msg and "download the file" in msg
+
+
+@pytest.mark.parametrize("reply, max_bytes", [
+    (b"garbage\r\n\r\n", 1000),  # not HTTP at all
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort", None),  # cut off, read without a limit (weights)
+])
+def test_url_garbled_or_cut_off_answer_is_an_image_error(reply, max_bytes):
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply)
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/a.png"
+    try:
+        with pytest.raises(ImageError, match="garbled or cut-off answer.*the advice"):
+            nst_utils._download(url, 5, max_bytes, "the advice")
+    finally:
+        thread.join(5)
+        listener.close()
 
 
 # --------------------------------------------------------------------------- tensors
