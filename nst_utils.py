@@ -377,15 +377,14 @@ def _temporary(path: Path) -> Path:
 
 def _sweep_stale_temporaries(folder: Path) -> None:
     """Remove the temporaries that killed saves left in ``folder``: those whose process is gone (POSIX only)."""
-    if os.name != "posix":
+    if os.name != "posix":  # on Windows os.kill(pid, 0) sends Ctrl+C instead of testing the pid
         return
     for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
-        try:
-            os.kill(int(tmp.name[:-len(_TMP_SUFFIX)].rsplit("-", 1)[0].rsplit(".", 1)[-1]), 0)  # no such process?
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, OSError):
-            continue
+        with suppress(ValueError, OSError):  # not a pid, a live process, another user's file: keep it
+            try:
+                os.kill(int(tmp.name.rsplit(".", 2)[1].split("-")[0]), 0)  # "{pid}-{hex}": does the process live?
+            except ProcessLookupError:  # no: its save was killed
+                tmp.unlink()
 
 
 def _is_protected(path: Path, protect: Iterable[PathLike]) -> bool:
@@ -398,10 +397,8 @@ def _is_protected(path: Path, protect: Iterable[PathLike]) -> bool:
 
 
 def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
-    """Write ``data`` to ``path`` or, if taken, ``stem-1.ext``, ``stem-2.ext``, ...; return the path written. The
-    data goes to a temporary file, then ``os.link`` claims the name atomically (it fails if the name exists): parallel
-    runs never write over each other, no one sees half a file. ``overwrite=True`` replaces ``path`` unless protected.
-    """
+    """Write ``data`` to ``path`` or, if taken, ``stem-1.ext``, ``stem-2.ext``, ...; return the path written. A complete
+    temporary file takes the free name atomically: parallel saves never clobber each other, no one sees half a file."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise ParameterError(f"{path}: is a folder; give a file name.")
@@ -415,15 +412,15 @@ def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect:
             os.replace(tmp, path)
             return path
         for n in range(1_000_000):
-            candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}") if n else path
             try:
-                os.link(tmp, candidate)
+                os.link(tmp, candidate)  # fails if the name exists
                 return candidate
             except FileExistsError:
                 continue
-            except OSError:  # no hard links here: claim the name with an empty O_EXCL file, then fill it atomically
+            except OSError:  # no hard links here: claim the name with an empty new file, then fill it atomically
                 try:
-                    os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                    open(candidate, "xb").close()
                 except FileExistsError:
                     continue
                 try:
@@ -434,8 +431,7 @@ def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect:
                 return candidate
         raise FileExistsError(f"no free name like {path.name}")
     except OSError as exc:
-        raise ParameterError(f"{path}: cannot write there ({exc.strerror or exc}). Choose another output folder."
-                             ) from exc
+        raise ParameterError(f"{path}: cannot write there ({exc.strerror or exc}). Choose another folder.") from exc
     finally:
         with suppress(OSError):  # e.g. its folder is a file: then it was never created
             tmp.unlink(missing_ok=True)
@@ -469,19 +465,17 @@ def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike
         raise ParameterError(f"{path}: save_gif needs at least one frame")
     _whole("max_size", max_size, MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
     _whole("lossy", lossy, 0, "a whole number (0: lossless)", none=True)
-    arrays = [_to_uint8(f, f"frames[{i}]") for i, f in enumerate(frames)]
-    sizes = sorted({a.shape[:2] for a in arrays})
+    pictures = [Image.fromarray(_to_uint8(f, f"frames[{i}]")) for i, f in enumerate(frames)]
+    sizes = sorted({p.size[::-1] for p in pictures})
     if len(sizes) > 1:
         raise ParameterError(f"{path}: all GIF frames must have the same size, got (H, W) {sizes}")
-    pictures = [Image.fromarray(a) for a in arrays]
     if max_size is not None and max(sizes[0]) > max_size:
         pictures = [p.resize(_fitted(p.size, max_size), Image.Resampling.LANCZOS) for p in pictures]
     pictures = [p.quantize(256, method=Image.Quantize.MEDIANCUT if p.getcolors(256) else Image.Quantize.FASTOCTREE)
                 for p in pictures]  # exact for frames of up to 256 colours
     durations = [duration_ms] * (len(pictures) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
     buffer = io.BytesIO()
-    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], loop=loop,
-                     duration=durations if len(durations) > 1 else durations[0])
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], loop=loop, duration=durations)
     data = buffer.getvalue() if lossy is None else _gifsicle(buffer.getvalue(), lossy, path)
     return _write_new(path, data, overwrite=overwrite, protect=protect)
 
@@ -527,40 +521,35 @@ def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect:
 
 
 class OutputDir:
-    """The folder a notebook writes to, with one rule for every file: nothing there is overwritten unless
-    ``overwrite`` is True, and the ``protect``ed inputs never are. ``out.save_image(img, "result.png")``,
-    ``out.save_gif``, ``out.save_figure`` and ``out.save_json`` call the module's functions with that rule."""
+    """The folder a notebook writes to: ``out.save_image(img, "result.png")``, ``out.save_gif``, ``out.save_figure``
+    and ``out.save_json`` call those functions (see :func:`save_image`) with one ``overwrite`` and ``protect``."""
 
     def __init__(self, folder: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> None:
         if not isinstance(overwrite, bool):
             raise ParameterError(f"overwrite={overwrite!r}: must be True or False")
         self.folder, self.overwrite, self.protect = Path(folder).expanduser(), overwrite, list(protect)
 
-    def _kw(self) -> dict:
-        return {"overwrite": self.overwrite, "protect": self.protect}
-
     def save_image(self, image: Image.Image | Tensor, name: str) -> Path:
-        return save_image(image, self.folder / name, **self._kw())
+        return save_image(image, self.folder / name, overwrite=self.overwrite, protect=self.protect)
 
     def save_gif(self, frames: Sequence, name: str, **options) -> Path:
-        return save_gif(frames, self.folder / name, **options, **self._kw())
+        return save_gif(frames, self.folder / name, **options, overwrite=self.overwrite, protect=self.protect)
 
     def save_figure(self, fig, name: str, **options) -> Path:
-        return save_figure(fig, self.folder / name, **options, **self._kw())
+        return save_figure(fig, self.folder / name, **options, overwrite=self.overwrite, protect=self.protect)
 
     def save_json(self, data: object, name: str) -> Path:
-        return save_json(data, self.folder / name, **self._kw())
+        return save_json(data, self.folder / name, overwrite=self.overwrite, protect=self.protect)
 
 
 # ------------------------------------------------------------------------- losses: validated versions of the notebook's
 def gram_matrix(features: Tensor) -> Tensor:
-    r"""Gram matrix ``[B, C, C]`` of feature maps ``[B, C, H, W]``, averaged over the :math:`N = HW` positions:
-    :math:`G_{ij} = \frac{1}{N} \sum_k F_{ik} F_{jk}`. Tiling an image leaves it unchanged; scaling the
-    features by :math:`s` scales it by :math:`s^2`."""
+    r"""Gram matrix ``[B, C, C]`` of feature maps ``[B, C, H, W]`` over their :math:`N = HW` positions,
+    :math:`G_{ij} = \frac{1}{N} \sum_k F_{ik} F_{jk}`: tiling the image leaves it unchanged, features times :math:`s`
+    make it :math:`s^2` times larger."""
     _check_tensor(features, "gram_matrix")
-    b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / (h * w)
+    flat = features.flatten(2)  # [B, C, N]
+    return flat @ flat.transpose(1, 2) / flat.shape[2]
 
 
 def _relative_error(x: Tensor, target: Tensor, what: str) -> Tensor:
@@ -590,8 +579,7 @@ def style_loss(features: Tensor, target_gram: Tensor) -> Tensor:
 def total_variation(image: Tensor) -> Tensor:
     """Mean squared difference between neighbouring pixels of ``[B, 3, H, W]`` (scalar, intensity^2)."""
     _check_tensor(image, "total_variation", channels=3, min_hw=2)
-    dx, dy = image[..., :, 1:] - image[..., :, :-1], image[..., 1:, :] - image[..., :-1, :]
-    return dx.pow(2).mean() + dy.pow(2).mean()
+    return image.diff(dim=-1).pow(2).mean() + image.diff(dim=-2).pow(2).mean()
 
 
 def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
@@ -604,9 +592,8 @@ def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, 
     if unknown:
         names = [n for n, _ in net.named_children() if n != "preprocess"]
         raise ParameterError(f"unknown layer(s) {unknown}; this network has {', '.join(names)}")
-    acts: dict[str, Tensor] = {}
-    hooks = [modules[name].register_forward_hook(lambda m, i, out, name=name: acts.update({name: out}))
-             for name in wanted]
+    acts = {}
+    hooks = [modules[n].register_forward_hook(lambda m, i, out, n=n: acts.update({n: out})) for n in wanted]
     try:
         net(image)
     finally:
@@ -619,28 +606,26 @@ def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, 
 
 
 def _masked(features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(masked Gram ``[B, C, C]``, the mask's mean ``[1 or B, 1, 1]``), the mask resized to the layer's ``[H, W]``:
-    area-averaged when shrinking (each position gets the share of its pixels it covers), bilinear when enlarging."""
+    """(masked Gram ``[B, C, C]``, the share of the picture the mask covers ``[1 or B, 1, 1]``)."""
     _check_tensor(features, "masked_gram")
     b, c, h, w = features.shape
-    if (not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, b)
-            or min(mask.shape[-2:]) < 1):
+    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[:2] not in ((1, 1), (b, 1)) or 0 in mask.shape:
         raise ParameterError(f"a mask must be a tensor [1, 1, H, W] (see load_mask), got "
                              f"{list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
     m = mask.to(features)
     if tuple(m.shape[-2:]) != (h, w):
         shrink = m.shape[-2] >= h and m.shape[-1] >= w
         m = nn.functional.interpolate(m, size=(h, w), mode="area" if shrink else "bilinear")
-    m, flat = m.reshape(-1, 1, h * w), features.reshape(b, c, h * w)
+    m, flat = m.flatten(2), features.flatten(2)  # [1 or B, 1, N], [B, C, N]
     # a true division (CUDA turns x / int into x * (1 / int)): exactly 1 for a mask of ones on any device
-    share = m.sum(dim=2, keepdim=True) / torch.full((), h * w, dtype=m.dtype, device=m.device)
+    share = m.sum(dim=2, keepdim=True) / m.new_full((), h * w)
     return (flat * m) @ flat.transpose(1, 2) / (h * w) / share.clamp_min(torch.finfo(m.dtype).tiny), share
 
 
 def masked_gram(features: Tensor, mask: Tensor) -> Tensor:
-    r"""Gram matrix ``[B, C, C]`` of the region ``mask`` covers, each position weighted by it:
-    :math:`G^m_{ij} = \sum_k m_k F_{ik} F_{jk} / \sum_k m_k`. A mask of ones gives :func:`gram_matrix`
-    exactly, a binary mask the Gram matrix of the positions inside, an empty mask zeros."""
+    r"""Gram matrix ``[B, C, C]`` of the region ``mask`` covers, each position weighted by it (a mask of another size
+    is area-averaged to the layer's, bilinear if smaller): :math:`G^m_{ij} = \sum_k m_k F_{ik} F_{jk} / \sum_k m_k`.
+    A mask of ones gives :func:`gram_matrix` exactly, a binary mask the Gram matrix inside, an empty mask zeros."""
     return _masked(features, mask)[0]
 
 

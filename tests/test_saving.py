@@ -216,6 +216,24 @@ def test_stale_temporary_of_a_dead_process_is_swept_live_ones_kept(tmp_path):
     assert _listing(tmp_path) == sorted([live.name, other.name, "result.png"])
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the sweep of stale temporaries is POSIX only")
+def test_stale_temporary_that_cannot_be_removed_does_not_block_the_save(tmp_path, monkeypatch):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    foreign = tmp_path / f".result.png.{child.pid}-abcd1234.nst-tmp"  # e.g. another user's in a shared folder
+    foreign.write_bytes(b"partial")
+    unlink = Path.unlink
+
+    def refuse(self, *args, **kwargs):
+        if self == foreign:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "result.png") == tmp_path / "result.png"
+    assert _listing(tmp_path) == sorted([foreign.name, "result.png"])
+
+
 # --------------------------------------------------------------------------- failures: clear errors, nothing left behind
 
 
