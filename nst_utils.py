@@ -766,7 +766,7 @@ def layer_index(net: nn.Sequential, name: str) -> int:
 # ------------------------------------------------------------------------ settings: fail in a second, not after minutes
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA if available, else Apple's MPS, else the CPU; or the device asked for, checked."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    mps = torch.backends.mps.is_available()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if str(preference) == "auto":
         return torch.device("cuda" if gpus else "mps" if mps else "cpu")
@@ -778,8 +778,8 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ParameterError(f"device={preference!r} is not supported here; {use}.")
     if dev.type == "cuda" and (dev.index or 0) >= gpus:
-        raise ParameterError(f"device={preference!r} but " + (f"there are {gpus} CUDA GPU(s); use 'cuda:0', 'auto' or "
-                             "'cpu'." if gpus else "PyTorch sees no CUDA GPU; use device='auto' or 'cpu'."))
+        found = f"there are {gpus} CUDA GPU(s); use 'cuda:0'," if gpus else "PyTorch sees no CUDA GPU; use"
+        raise ParameterError(f"device={preference!r} but {found} 'auto' or 'cpu'.")
     if dev.type == "mps" and not mps:
         raise ParameterError(f"device={preference!r} but MPS is not available; use device='auto' or 'cpu'.")
     return dev
@@ -791,15 +791,14 @@ def _headless() -> bool:
 
 def in_notebook() -> bool:
     """Whether code runs in an interactive notebook: Jupyter, JupyterLab, VS Code or Colab. False in plain Python,
-    IPython's terminal, headless runs (papermill, nbclient, ``jupyter execute``: a kernel that never lets code
-    ask for input), and whenever ``NST_HEADLESS`` is set to anything but ``""``, ``0``, ``false``, ``no``."""
+    IPython's terminal, headless kernels (papermill, nbclient, ``jupyter execute``) and whenever ``NST_HEADLESS``
+    is set to anything but ``""``, ``0``, ``false``, ``no``."""
     if _headless():
         return False
-    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
-    shell = get_ipython() if get_ipython is not None else None
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     if shell is None or not any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__):
         return False  # Colab's shell is a subclass of ZMQInteractiveShell
-    return bool(getattr(getattr(shell, "kernel", None), "_allow_stdin", True))
+    return bool(getattr(getattr(shell, "kernel", None), "_allow_stdin", True))  # False: a kernel run headless
 
 
 def _check_folder(name: str, value: object) -> Path:
@@ -839,8 +838,7 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
     values and types (``"false"``, ``"0"`` mean False); that each picture the chosen sections use can be read and
     keeps 32 px on its short side at every size the notebook loads it at; last, that ``output_dir`` is writable.
     Returns the knobs with defaults resolved (``device`` a torch.device, sizes for it, ``live`` a bool), ``tour``
-    (``sections == "all"``) and ``inputs``, the input paths used, for :class:`OutputDir` to protect.
-    """
+    (``sections == "all"``) and ``inputs``, the input paths used, for :class:`OutputDir` to protect."""
     missing = [k for k in ("content_path", "style_path", "output_dir") if k not in knobs]
     if missing:
         raise ParameterError(f"the parameters cell must set {', '.join(missing)}")
@@ -863,8 +861,8 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
                              "set at least one above 0, e.g. content_weight=1, style_weight=5")
     low, high = sorted((s.content_weight, s.style_weight))
     if 0 < low and high / low > 1e4:  # the losses are relative errors of similar size: one term then decides alone
-        weak = "content_weight" if s.content_weight == low else "style_weight"
-        warnings.warn(f"content_weight={s.content_weight:g}, style_weight={s.style_weight:g}: the {weak[:-7]} term "
+        weak = "content" if s.content_weight == low else "style"
+        warnings.warn(f"content_weight={s.content_weight:g}, style_weight={s.style_weight:g}: the {weak} term "
                       f"is {high / low:.0e} times weaker and will hardly show in the picture; useful ratios "
                       "style_weight/content_weight are 1..100 (the default is 5)", stacklevel=2)
     s.lr = _number("lr", get("lr", 1.0), 1e-6, 1e6, example="1.0")
@@ -875,7 +873,10 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
         setattr(s, name, [_choice(name, v, VGG19_LAYERS) for v in _list(name, get(name, default), str(default))])
     scales = _list("style_scales", get("style_scales", [0.5, 1.0, 2.0]), "[0.5, 1.0, 2.0]")
     s.style_scales = [_number("style_scales", x, 1e-3, 4.0, example="[0.5, 1.0, 2.0]") for x in scales]
-    s.inputs, content_wh = [], (0, 0)  # content_wh: the content picture's size, read first
+    main = {"image_size": s.image_size}  # the long sides (px) a picture is loaded at, by the knob that sets each
+    if s.tour:  # coarse to fine starts at a quarter of hires_size
+        main.update(extra_size=s.extra_size, layers_size=s.layers_size, hires_size=s.hires_size // 4)
+    s.inputs, sizes = [], {}  # sizes: (width, height) of each picture read
     for name, tour_only in _INPUTS:
         value = get(name)
         if tour_only and not s.tour:
@@ -885,26 +886,21 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
         if not isinstance(value, (str, os.PathLike)) or str(value).strip() == "":
             raise ParameterError(f"{name}={value!r}: must be an image path or URL, e.g. 'assets/inputs/dog.jpg'{hint}")
         value = str(value) if _is_url(value) else Path(value).expanduser()
-        # the long sides (px) the notebook loads this picture at, by the knob that sets each; masks: any size
-        uses = {"extra_size": s.extra_size} if tour_only else {"image_size": s.image_size}
-        if not tour_only and s.tour:
-            uses.update(extra_size=s.extra_size, layers_size=s.layers_size,
-                        hires_size=s.hires_size // 4)  # coarse to fine starts at a quarter of hires_size
+        uses = {"extra_size": s.extra_size} if tour_only else main
         try:
             img = load_image(value, max(uses.values()), min_size=1)
         except ImageError as exc:
             raise ParameterError(f"{name}={str(value)!r}: {str(exc).split(': ', 1)[-1]}{hint}") from exc
         knob = min(uses, key=uses.get)  # the smallest size this picture is loaded at
         w, h = _fitted(img.size, uses[knob])
-        if min(w, h) < MIN_IMAGE_SIDE and not name.startswith("mask_path"):
+        if min(w, h) < MIN_IMAGE_SIDE and not name.startswith("mask_path"):  # masks: any size
             raise ParameterError(f"{name}={str(value)!r} is only {w}x{h} px at a long side of {uses[knob]} px ({knob}="
                                  f"{getattr(s, knob)}); VGG19 needs at least {MIN_IMAGE_SIDE} px on the short side. "
                                  f"Use a larger {knob}, a larger picture, or crop an extreme aspect ratio.")
-        if name == "content_path":
-            content_wh = img.size
+        sizes[name] = img.size
         if name == "style_path" and s.tour:
             for scale in s.style_scales:  # "Style scale" sizes the style relative to the content at extra_size
-                scale_style_image(img, _fitted(content_wh, s.extra_size), scale, name="style_scales")
+                scale_style_image(img, _fitted(sizes["content_path"], s.extra_size), scale, name="style_scales")
         setattr(s, name, value)
         s.inputs.append(value)
     s.output_dir = _check_folder("output_dir", get("output_dir"))
@@ -943,20 +939,19 @@ class Monitor:
     ``print_every`` evaluations or, with ``live=True``, shows a progress bar and every ``preview_every``-th image
     (0 turns each off). :meth:`update` raises :class:`StopRun` after ``num_evals`` evaluations, on a non-finite loss
     or gradient, or when the best loss has not improved by a relative ``stall_rtol`` in ``stall_patience``
-    evaluations. Call :meth:`interrupt` on Ctrl-C.
-    """
+    evaluations. Call :meth:`interrupt` on Ctrl-C."""
 
     def __init__(self, num_evals: int, *, frame_every: int = 0, print_every: int = 50, live: bool = False,
                  preview_every: int = 25, stall_patience: int = 60, stall_rtol: float = 1e-5,
                  log: Callable[[str], None] = print) -> None:
-        for name, value, low in (("num_evals", num_evals, 1), ("frame_every", frame_every, 0),
-                                 ("print_every", print_every, 0), ("preview_every", preview_every, 0),
-                                 ("stall_patience", stall_patience, 1)):
-            _whole(name, value, low, _OFF if low == 0 else _EVALS)
+        self.num_evals = _whole("num_evals", num_evals, 1, _EVALS)
+        self.frame_every = _whole("frame_every", frame_every, 0, _OFF)
+        self.print_every = _whole("print_every", print_every, 0, _OFF)
+        self.preview_every = _whole("preview_every", preview_every, 0, _OFF)
+        self.stall_patience = _whole("stall_patience", stall_patience, 1, _EVALS)
         self.stall_rtol = _number("stall_rtol", stall_rtol, 0.0, 1.0, example="1e-5")
-        self.num_evals, self.frame_every, self.print_every = num_evals, frame_every, print_every
-        self.preview_every, self.stall_patience, self.log = preview_every, stall_patience, log
         self.live = _bool("live", live) and all(importlib.util.find_spec(m) for m in ("IPython", "tqdm"))
+        self.log = log
         self.history: list[dict] = []
         self.frames: list[np.ndarray] = []
         self.best_image: Tensor | None = None
@@ -975,15 +970,14 @@ class Monitor:
 
     def update(self, image: Tensor, loss: Tensor, parts: Mapping[str, Tensor | float] | None = None) -> None:
         """Record one evaluation of ``image`` ``[1, 3, H, W]`` (after ``loss.backward()``); ``parts``: the loss's
-        named terms before weighting, e.g. ``{"content": c, "style": s}``. :class:`StopRun` when the run should end.
-        """
+        named terms before weighting, e.g. ``{"content": c, "style": s}``. :class:`StopRun` when the run should end."""
         if self.done:
             raise StopRun(self.stop_reason, f"the run has already stopped ({self.stop_reason})")
         n = self.evaluations + 1
         entry = {"eval": n, "seconds": time.perf_counter() - self._start, "loss": float(loss.detach())}
         entry.update({k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in (parts or {}).items()})
         if not (math.isfinite(entry["loss"]) and (image.grad is None or torch.isfinite(image.grad).all())):
-            self._stop("non-finite", self._non_finite_message(n, entry, image))
+            raise self._stop("non-finite", self._non_finite_message(n, entry, image))
         self.history.append(entry)
         self._first = image.detach().clone() if n == 1 else self._first
         if entry["loss"] < self.best_loss:
@@ -994,10 +988,10 @@ class Monitor:
             self.frames.append(_to_uint8(image.detach().clamp(0, 1)))
         self._progress(n, entry, image)
         if n >= self.num_evals:
-            self._stop("budget", "")
+            raise self._stop("budget", "")
         if n - self.last_improvement >= self.stall_patience:
-            self._stop("stalled", f"the loss has not improved for {self.stall_patience} evaluations (best "
-                       f"{self.best_loss:.4g} at evaluation {self.best_eval}). Try other loss weights or lr.")
+            raise self._stop("stalled", f"the loss has not improved for {self.stall_patience} evaluations (best "
+                             f"{self.best_loss:.4g} at evaluation {self.best_eval}). Try other loss weights or lr.")
 
     def _non_finite_message(self, n: int, entry: dict, image: Tensor) -> str:
         bad = [k for k, v in list(entry.items())[3:] if not math.isfinite(v)]  # the parts after eval, seconds, loss
@@ -1034,24 +1028,23 @@ class Monitor:
             else:
                 self._preview.update(picture)
 
-    def _stop(self, reason: str, message: str) -> None:
+    def _stop(self, reason: str, message: str) -> StopRun:
+        """End the run: record why, close the bar, log ``message``; returns the :class:`StopRun` to raise."""
         self.stop_reason, self._end = reason, time.perf_counter()
         if self._bar is not None:
             self._bar.close()
         if message:
             self.log(f"Stopped: {message}")
-        raise StopRun(reason, message)
+        return StopRun(reason, message)
 
     def interrupt(self) -> None:
         """End the run because the user pressed Interrupt (Ctrl-C); the best image so far is kept."""
         if not self.done:
-            with suppress(StopRun):
-                self._stop("interrupted", f"interrupted after {self.evaluations} evaluations; keeping the best "
-                           f"image (evaluation {self.best_eval}).")
+            self._stop("interrupted", f"interrupted after {self.evaluations} evaluations; keeping the best image "
+                       f"(evaluation {self.best_eval}).")
 
     def result(self) -> RunResult:
-        """The run's outcome, with a note if the picture did not change; :class:`NSTError` if no evaluation was
-        finite."""
+        """The run's outcome (logs a note if the picture did not change); :class:`NSTError` if none was finite."""
         if self._bar is not None:
             self._bar.close()
         if self.best_image is None:
@@ -1064,12 +1057,11 @@ class Monitor:
                      "or raise style_weight; a loss weight far above the usual range (style_weight 1..100) leaves "
                      "L-BFGS no room in float32: lower it.")
         device = self.best_image.device
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         return RunResult(image=self.best_image.clamp(0, 1), best_loss=self.best_loss, history=self.history,
                          frames=self.frames, stop_reason=self.stop_reason or "budget",
                          seconds=(self._end or time.perf_counter()) - self._start, evaluations=self.evaluations,
-                         changed=changed, image_hw=list(self.best_image.shape[-2:]),
-                         peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-                         else None)
+                         changed=changed, image_hw=list(self.best_image.shape[-2:]), peak_memory_mb=peak)
 
 
 # --------------------------------------------------------------------------- extras: colours and style scale
