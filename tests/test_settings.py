@@ -310,7 +310,7 @@ def test_in_notebook_detects_an_open_notebook_but_not_headless_runs(monkeypatch)
     assert nst.in_notebook() is True
     fake_ipython(monkeypatch, kernel_shell(allow_stdin=True, class_name="ZMQInteractiveShell"))
     assert nst.in_notebook() is True
-    for value in ("", "0", "false", "no"):
+    for value in ("", "0", "false", "no", "off", " Off "):
         monkeypatch.setenv("NST_HEADLESS", value)
         assert nst.in_notebook() is True
     monkeypatch.setenv("NST_HEADLESS", "1")
