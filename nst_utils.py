@@ -225,13 +225,23 @@ def load_image(source: PathLike, max_size: int | None = None, *, background: tup
     return img
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float images -> 8-bit "L", rescaled (Pillow's own conversion clips them at 255), the grey value a
+    PNG marks transparent kept as alpha ("LA"); other modes unchanged."""
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    top = max(float(arr.max(initial=0)), 1.0) if img.mode == "F" else top
+    gray = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if "transparency" in img.info:
+        gray.putalpha(Image.fromarray(np.where(arr == img.info["transparency"], 0, 255).astype(np.uint8)))
+    return gray
+
+
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; 16-bit and float images are rescaled, transparency composited."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)  # Pillow's own conversion clips 16-bit values at 255
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        top = max(float(arr.max(initial=0)), 1.0) if img.mode == "F" else top
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    """Any Pillow mode -> 8-bit RGB, transparency composited onto ``background``."""
+    img = _to_8bit(img)
     if _has_alpha(img):
         canvas = Image.new("RGBA", img.size, tuple(background) + (255,))
         return Image.alpha_composite(canvas, img.convert("RGBA")).convert("RGB")
@@ -307,8 +317,8 @@ def load_mask(source: PathLike | Image.Image, size: tuple[int, int], device: tor
     """Any image (file, URL or PIL) -> mask ``[1, 1, H, W]`` in 0..1 at ``size = (height, width)``: its alpha if it
     has transparency (opaque = 1), else its brightness (white = 1); resized, antialiased, from any size."""
     size = _pixels("size", size)
-    img = source if isinstance(source, Image.Image) else _read(source, None, 20.0)[1]
-    gray = img.convert("RGBA").getchannel("A") if _has_alpha(img) else _to_rgb(img, (0, 0, 0)).convert("L")
+    img = _to_8bit(source if isinstance(source, Image.Image) else _read(source, None, 20.0)[1])
+    gray = img.convert("RGBA").getchannel("A") if _has_alpha(img) else img.convert("RGB").convert("L")
     mask = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None, None]
     mask = nn.functional.interpolate(mask, size, mode="bilinear", align_corners=False, antialias=True)
     return mask.clamp(0, 1).to(device)
@@ -373,18 +383,27 @@ _TMP_SUFFIX = ".nst-tmp"
 
 
 def _temporary(path: Path) -> Path:
-    """A hidden, unique name next to ``path`` (``.{name}.{pid}-{hex}.nst-tmp``) that a later save can sweep."""
-    return path.with_name(f".{path.name[:120]}.{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
+    """A hidden, unique name next to ``path`` (``.{name}.{host}-{pid}-{hex}.nst-tmp``) that a later save can sweep."""
+    return path.with_name(f".{path.name[:120]}.{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this machine (or container): process ids mean something only where they were taken."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def _sweep_stale_temporaries(folder: Path) -> None:
-    """Remove the temporaries that killed saves left in ``folder``: those whose process is gone (POSIX only)."""
+    """Remove the temporaries that killed saves left in ``folder``: those whose process is gone (POSIX only); those
+    of another machine sharing the folder are left alone, as their process ids mean nothing here."""
     if os.name != "posix":  # on Windows os.kill(pid, 0) sends Ctrl+C instead of testing the pid
         return
     for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
-        with suppress(ValueError, OSError):  # not a pid, a live process, another user's file: keep it
+        with suppress(ValueError, OSError):  # not our format, a live process, another user's file: keep it
+            host, pid, _ = tmp.name.rsplit(".", 2)[1].split("-")  # "{host}-{pid}-{hex}"
+            if host != _host_tag():
+                continue
             try:
-                os.kill(int(tmp.name.rsplit(".", 2)[1].split("-")[0]), 0)  # "{pid}-{hex}": does the process live?
+                os.kill(int(pid), 0)  # does the process live?
             except ProcessLookupError:  # no: its save was killed
                 tmp.unlink()
 

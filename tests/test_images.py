@@ -194,6 +194,18 @@ def test_16bit_grayscale_keeps_its_brightness(tmp_path):
     np.testing.assert_array_equal(_pixel(img, (50, 5)), (255, 255, 255))
 
 
+
+def test_16bit_grayscale_with_a_transparent_value_is_composited_and_masks_by_it(tmp_path, device):
+    arr = np.full((40, 60), 20000, dtype=np.uint16)
+    arr[:20] = 1000  # the top half has the value the PNG marks transparent
+    Image.fromarray(arr).save(tmp_path / "gray16.png", transparency=1000)
+    assert _opened(tmp_path / "gray16.png").file_mode.startswith("I")
+    img = nst_utils.load_image(tmp_path / "gray16.png", background=(10, 200, 30))
+    np.testing.assert_array_equal(_pixel(img, (30, 5)), (10, 200, 30))  # transparent: the background
+    np.testing.assert_allclose(_pixel(img, (30, 35)), (78, 78, 78), atol=1)  # 20000 / 65535 of white
+    mask = nst_utils.load_mask(tmp_path / "gray16.png", (40, 60), device)
+    assert float(mask[0, 0, :18].max()) == 0 and float(mask[0, 0, 22:].min()) == 1
+
 def _open_files_pointing_at(path: Path) -> list[str]:
     """This process's open file descriptors that point at ``path`` (Linux; elsewhere an empty list)."""
     if not os.path.isdir("/proc/self/fd"):

@@ -196,7 +196,7 @@ def test_killed_save_leaves_nothing_but_complete_files(tmp_path, mp):
     assert proc.exitcode == -signal.SIGKILL  # really killed in the middle of the save
     for name in os.listdir(tmp_path):  # a complete GIF, or a hidden temporary of the dead process
         if name.startswith("."):
-            assert name.startswith(f".big.gif.{proc.pid}-") and name.endswith(".nst-tmp")
+            assert name.startswith(".big.gif.") and f"-{proc.pid}-" in name and name.endswith(".nst-tmp")
         else:
             with Image.open(tmp_path / name) as im:
                 assert im.n_frames == GIF_FRAMES
@@ -204,23 +204,34 @@ def test_killed_save_leaves_nothing_but_complete_files(tmp_path, mp):
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 
-def test_stale_temporary_of_a_dead_process_is_swept_live_ones_kept(tmp_path):
+def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # its pid now belongs to no process
-    dead = tmp_path / f".result.png.{child.pid}-abcd1234.nst-tmp"
-    live = tmp_path / f".result.png.{os.getpid()}-abcd1234.nst-tmp"  # a save in progress: not to be touched
+    return child.pid
+
+
+def _temporary_of(folder: Path, pid: int, host: str | None = None) -> Path:
+    """The name a save of process ``pid`` on this machine (or on ``host``, 8 hex digits) gives its temporary."""
+    ours = nst_utils._temporary(folder / "result.png").name  # .result.png.{host}-{our pid}-{hex}.nst-tmp
+    ours_host = ours.rsplit(".", 2)[1].split("-")[0]
+    return folder / ours.replace(f".{ours_host}-{os.getpid()}-", f".{host or ours_host}-{pid}-")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep of stale temporaries is POSIX only")
+def test_stale_temporary_of_a_dead_process_is_swept_live_and_foreign_ones_kept(tmp_path):
+    dead = _temporary_of(tmp_path, _dead_pid())
+    live = _temporary_of(tmp_path, os.getpid())  # a save in progress: not to be touched
+    elsewhere = _temporary_of(tmp_path, _dead_pid(), host="0123abcd")  # another machine's save in a shared folder
     other = tmp_path / ".result.png.notes"
-    for p in (dead, live, other):
+    for p in (dead, live, elsewhere, other):
         p.write_bytes(b"partial")
     nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "result.png")
-    assert _listing(tmp_path) == sorted([live.name, other.name, "result.png"])
+    assert _listing(tmp_path) == sorted([live.name, elsewhere.name, other.name, "result.png"])
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the sweep of stale temporaries is POSIX only")
 def test_stale_temporary_that_cannot_be_removed_does_not_block_the_save(tmp_path, monkeypatch):
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    foreign = tmp_path / f".result.png.{child.pid}-abcd1234.nst-tmp"  # e.g. another user's in a shared folder
+    foreign = _temporary_of(tmp_path, _dead_pid())  # e.g. another user's in a shared folder
     foreign.write_bytes(b"partial")
     unlink = Path.unlink
 
