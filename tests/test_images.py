@@ -194,7 +194,6 @@ def test_16bit_grayscale_keeps_its_brightness(tmp_path):
     np.testing.assert_array_equal(_pixel(img, (50, 5)), (255, 255, 255))
 
 
-
 def test_16bit_grayscale_with_a_transparent_value_is_composited_and_masks_by_it(tmp_path, device):
     arr = np.full((40, 60), 20000, dtype=np.uint16)
     arr[:20] = 1000  # the top half has the value the PNG marks transparent
@@ -205,6 +204,7 @@ def test_16bit_grayscale_with_a_transparent_value_is_composited_and_masks_by_it(
     np.testing.assert_allclose(_pixel(img, (30, 35)), (78, 78, 78), atol=1)  # 20000 / 65535 of white
     mask = nst_utils.load_mask(tmp_path / "gray16.png", (40, 60), device)
     assert float(mask[0, 0, :18].max()) == 0 and float(mask[0, 0, 22:].min()) == 1
+
 
 def _open_files_pointing_at(path: Path) -> list[str]:
     """This process's open file descriptors that point at ``path`` (Linux; elsewhere an empty list)."""
@@ -573,7 +573,7 @@ def test_ask_for_pictures_headless_keeps_the_paths(monkeypatch, capsys, tmp_path
 @pytest.mark.parametrize("ask", [False, "false", "no", "0", 0, " False "])
 @pytest.mark.parametrize("where", ["colab", "jupyter"])
 def test_ask_for_pictures_off_returns_the_paths_and_shows_nothing(monkeypatch, capsys, tmp_path, fake_colab, ask,
-                                                                   where):
+                                                                  where):
     import IPython.display
 
     shown = []

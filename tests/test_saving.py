@@ -245,7 +245,7 @@ def test_stale_temporary_that_cannot_be_removed_does_not_block_the_save(tmp_path
     assert _listing(tmp_path) == sorted([foreign.name, "result.png"])
 
 
-# --------------------------------------------------------------------------- failures: clear errors, nothing left behind
+# -------------------------------------------------------------------------- failures: clear errors, nothing left behind
 
 
 @pytest.mark.parametrize("where", ["parent is a file", "read-only folder"])
