@@ -239,5 +239,7 @@ def test_notebook_total_loss_is_the_weighted_mean_of_nst_utils_losses(net, nb, p
             torch.testing.assert_close(parts["tv"], tv, rtol=1e-6, atol=0)
         else:
             assert "tv" not in parts  # not computed at all
-        torch.testing.assert_close(grad, grad_by_hand, rtol=1e-4, atol=1e-9)
+        # an element near zero is a difference of large terms: on CUDA its rounding differs, so its tolerance
+        # scales with the largest gradient (an H200 gave 5.6e-9 where the CPU gives under 1e-9)
+        torch.testing.assert_close(grad, grad_by_hand, rtol=1e-4, atol=1e-5 * float(grad_by_hand.abs().max()))
         assert float(grad.abs().sum()) > 0
