@@ -41,9 +41,8 @@ from torch import Tensor, nn
 __all__ = [
     "NSTError", "ImageError", "ParameterError", "StopRun", "load_image", "image_to_tensor", "tensor_to_image",
     "show_images", "load_mask", "ask_for_pictures", "OutputDir", "save_image", "save_gif", "save_figure", "save_json",
-    "gram_matrix", "content_loss", "style_loss", "total_variation", "features", "masked_gram",
-    "masked_style_loss", "VGG19_LAYERS", "load_vgg19", "layer_index", "check_settings", "pick_device", "in_notebook",
-    "Monitor", "RunResult", "luminance_transfer", "match_color_histogram", "scale_style_image",
+    "gram_matrix", "content_loss", "style_loss", "features", "VGG19_LAYERS", "load_vgg19", "layer_index",
+    "check_settings", "pick_device", "in_notebook", "Monitor", "RunResult",
 ]
 PathLike = str | os.PathLike
 
@@ -106,23 +105,21 @@ def _list(name: str, value: object, example: str) -> list:
     return list(value)
 
 
-def _pixels(name: str, value: object, low: int = 1, order: str = "height, width") -> tuple[int, int]:
-    """A size: two whole numbers of pixels >= ``low``, in the ``order`` given."""
+def _pixels(name: str, value: object) -> tuple[int, int]:
+    """A size ``(height, width)``: two whole numbers of pixels >= 1."""
     if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low for v in value)):
-        raise ParameterError(f"{name}={value!r}: must be ({order}) in whole pixels >= {low}")
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)):
+        raise ParameterError(f"{name}={value!r}: must be (height, width) in whole pixels >= 1")
     return int(value[0]), int(value[1])
 
 
-def _check_tensor(x: object, name: str, channels: int | None = None, min_hw: int = 1) -> None:
-    """:class:`ParameterError` unless ``x`` is a float tensor ``[B, C, H, W]``, C = ``channels``, H, W >= ``min_hw``."""
-    if not (isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point() and channels in (None, x.shape[1])):
+def _check_tensor(x: object, name: str) -> None:
+    """:class:`ParameterError` unless ``x`` is a float tensor ``[B, C, H, W]`` with at least one position."""
+    if not (isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point()):
         got = f"{list(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-        kind = "image tensor [B, 3, H, W] in 0..1" if channels == 3 else "tensor [B, C, H, W]"
-        raise ParameterError(f"{name}: expected a float {kind}, got {got}")
-    if min(x.shape[-2:]) < min_hw:
-        problem = f"needs H, W >= {min_hw}" if min_hw > 1 else "has no positions: the image is too small for this layer"
-        raise ParameterError(f"{name}: {list(x.shape)} {problem}")
+        raise ParameterError(f"{name}: expected a float tensor [B, C, H, W], got {got}")
+    if 0 in x.shape[-2:]:
+        raise ParameterError(f"{name}: {list(x.shape)} has no positions: the image is too small for this layer")
 
 
 # --------------------------------------------------------------------------- images: read any file or URL, show them
@@ -597,12 +594,6 @@ def style_loss(features: Tensor, target_gram: Tensor) -> Tensor:
     return _relative_error(gram_matrix(features), target_gram, "style_loss")
 
 
-def total_variation(image: Tensor) -> Tensor:
-    """Mean squared difference between neighbouring pixels of ``[B, 3, H, W]`` (scalar, intensity^2)."""
-    _check_tensor(image, "total_variation", channels=3, min_hw=2)
-    return image.diff(dim=-1).pow(2).mean() + image.diff(dim=-2).pow(2).mean()
-
-
 def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
     """Run ``net`` on ``image`` once and return ``{layer name: output}`` for ``layers`` (in that order, each once),
     caught with forward hooks that live only for this call; unknown names raise before the forward pass."""
@@ -624,38 +615,6 @@ def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, 
     if missing:
         raise ParameterError(f"layers {missing} never ran in this network's forward pass")
     return {name: acts[name] for name in wanted}
-
-
-def _masked(features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(masked Gram ``[B, C, C]``, the share of the picture the mask covers ``[1 or B, 1, 1]``)."""
-    _check_tensor(features, "masked_gram")
-    b, c, h, w = features.shape
-    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[:2] not in ((1, 1), (b, 1)) or 0 in mask.shape:
-        raise ParameterError(f"a mask must be a tensor [1, 1, H, W] (see load_mask), got "
-                             f"{list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
-    m = mask.to(features)
-    if tuple(m.shape[-2:]) != (h, w):
-        shrink = m.shape[-2] >= h and m.shape[-1] >= w
-        m = nn.functional.interpolate(m, size=(h, w), mode="area" if shrink else "bilinear")
-    m, flat = m.flatten(2), features.flatten(2)  # [1 or B, 1, N], [B, C, N]
-    # a true division (CUDA turns x / int into x * (1 / int)): exactly 1 for a mask of ones on any device
-    share = m.sum(dim=2, keepdim=True) / m.new_full((), h * w)
-    return (flat * m) @ flat.transpose(1, 2) / (h * w) / share.clamp_min(torch.finfo(m.dtype).tiny), share
-
-
-def masked_gram(features: Tensor, mask: Tensor) -> Tensor:
-    r"""Gram matrix ``[B, C, C]`` of the region ``mask`` covers, each position weighted by it (a mask of another size
-    is area-averaged to the layer's, bilinear if smaller): :math:`G^m_{ij} = \sum_k m_k F_{ik} F_{jk} / \sum_k m_k`.
-    A mask of ones gives :func:`gram_matrix` exactly, a binary mask the Gram matrix inside, an empty mask zeros."""
-    return _masked(features, mask)[0]
-
-
-def masked_style_loss(features: Tensor, target_gram: Tensor, mask: Tensor) -> Tensor:
-    r"""Style loss of the masked region times the share :math:`\bar m` of the picture it covers:
-    :math:`\bar m \lVert G^m(F) - A \rVert^2 / \lVert A \rVert^2`. A mask of ones gives :func:`style_loss`
-    exactly, an empty mask zero; two masks that add up to one share it."""
-    gram, share = _masked(features, mask)
-    return share.mean() * _relative_error(gram, target_gram, "masked_style_loss")
 
 
 # ----------------------------------------------------------------------- VGG19: the network and its two sets of weights
@@ -917,9 +876,12 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
                                  f"{getattr(s, knob)}); VGG19 needs at least {MIN_IMAGE_SIDE} px on the short side. "
                                  f"Use a larger {knob}, a larger picture, or crop an extreme aspect ratio.")
         sizes[name] = img.size
-        if name == "style_path" and s.tour:
-            for scale in s.style_scales:  # "Style scale" sizes the style relative to the content at extra_size
-                scale_style_image(img, _fitted(sizes["content_path"], s.extra_size), scale, name="style_scales")
+        if name == "style_path" and s.tour:  # "Style scale": its long side is `scale` x the content's at extra_size
+            for scale in s.style_scales:
+                short = round(min(img.size) * scale * max(_fitted(sizes["content_path"], s.extra_size)) / max(img.size))
+                if short < MIN_IMAGE_SIDE:
+                    raise ParameterError(f"style_scales={scale!r} makes the style image {short} px on its short side; "
+                                         f"VGG19 needs at least {MIN_IMAGE_SIDE} px. Use a larger scale or extra_size.")
         setattr(s, name, value)
         s.inputs.append(value)
     s.output_dir = _check_folder("output_dir", get("output_dir"))
@@ -1081,61 +1043,3 @@ class Monitor:
                          frames=self.frames, stop_reason=self.stop_reason or "budget",
                          seconds=(self._end or time.perf_counter()) - self._start, evaluations=self.evaluations,
                          changed=changed, image_hw=list(self.best_image.shape[-2:]), peak_memory_mb=peak)
-
-
-# --------------------------------------------------------------------------- extras: colours and style scale
-def luminance_transfer(stylized: Tensor, content: Tensor) -> Tensor:
-    """The stylised image's luminance with the content image's colours (Gatys et al. 2016, post hoc): Y of YIQ
-    (FCC NTSC 1953, as in ``skimage.color.rgb2yiq``) from ``stylized``, I and Q from ``content`` (both
-    ``[B, 3, H, W]`` in 0..1, one shape); RGB clipped to 0..1."""
-    _check_tensor(stylized, "stylized", channels=3)
-    _check_tensor(content, "content", channels=3)
-    if stylized.shape != content.shape:
-        raise ParameterError(f"stylized {list(stylized.shape)} and content {list(content.shape)} must have the same "
-                             "shape; resize one first (torch.nn.functional.interpolate(content, stylized.shape[-2:]))")
-    content = content.to(device=stylized.device, dtype=stylized.dtype)
-    y_of_rgb = torch.tensor((0.299, 0.587, 0.114), device=stylized.device, dtype=stylized.dtype).view(1, 3, 1, 1)
-    # I and Q weigh R, G, B by weights that sum to 0: adding one amount to all three changes Y alone, by that amount
-    return (content + ((stylized - content) * y_of_rgb).sum(dim=1, keepdim=True)).clamp(0, 1)
-
-
-def match_color_histogram(source: Tensor, target_colors: Tensor, eps: float = 1e-5) -> Tensor:
-    r"""Recolour ``source`` so its RGB mean and covariance become those of ``target_colors`` (Gatys et al. 2016):
-    every pixel :math:`x` becomes :math:`A (x - \mu_s) + \mu_t`, :math:`A = \Sigma_t^{1/2} (\Sigma_s + \epsilon
-    I)^{-1/2}`, with :math:`\mu, \Sigma` the mean and 3x3 covariance of each image's pixels. Typical use: the style
-    image recoloured with the content image's colours. ``source`` ``[B, 3, H, W]`` and ``target_colors``
-    ``[1 or B, 3, H', W']`` in 0..1; returns ``source``'s shape, clipped to 0..1."""
-    _check_tensor(source, "source", channels=3)
-    _check_tensor(target_colors, "target_colors", channels=3)
-    if target_colors.shape[0] not in (1, source.shape[0]):
-        raise ParameterError(f"target_colors has a batch of {target_colors.shape[0]}; use 1 or {source.shape[0]}")
-    _number("eps", eps, 0.0, example="1e-5")
-
-    def stats(image: Tensor) -> tuple[Tensor, Tensor]:
-        flat = image.detach().reshape(image.shape[0], 3, -1).to("cpu", torch.float64)
-        mean = flat.mean(dim=2, keepdim=True)
-        return mean, (flat - mean) @ (flat - mean).transpose(1, 2) / flat.shape[2]
-
-    def sym_power(cov: Tensor, power: float) -> Tensor:  # directions without spread (a flat image) get 0
-        evals, evecs = torch.linalg.eigh(cov)
-        powered = torch.where(evals > 1e-12, evals.clamp_min(1e-12).pow(power), torch.zeros_like(evals))
-        return evecs @ torch.diag_embed(powered) @ evecs.transpose(1, 2)
-
-    (mu_s, cov_s), (mu_t, cov_t) = stats(source), stats(target_colors)
-    a = sym_power(cov_t, 0.5) @ sym_power(cov_s + eps * torch.eye(3, dtype=torch.float64), -0.5)
-    out = a @ (source.reshape(source.shape[0], 3, -1).to("cpu", torch.float64) - mu_s) + mu_t
-    return out.reshape(source.shape).clamp(0, 1).to(device=source.device, dtype=source.dtype)
-
-
-def scale_style_image(style: Image.Image, content_size: tuple[int, int], scale: float = 1.0, *,
-                      name: str = "scale") -> Image.Image:
-    """Resize ``style`` so its long side is ``scale`` times that of ``content_size = (width, height)``. VGG's
-    filters have a fixed size in pixels, so this sets the size of the strokes: ``scale > 1`` bolder, ``< 1`` finer.
-    :class:`ParameterError` naming ``name`` if the short side would fall below 32 px."""
-    _number(name, scale, 0.0, above=True)
-    factor = scale * max(_pixels("content_size", content_size, order="width, height")) / max(style.size)
-    size = (max(1, round(style.width * factor)), max(1, round(style.height * factor)))
-    if min(size) < MIN_IMAGE_SIDE:
-        raise ParameterError(f"{name}={scale!r} makes the style image {size[0]}x{size[1]} px; its short side must be "
-                             f"at least {MIN_IMAGE_SIDE} px. Use a larger scale or a larger picture size.")
-    return style.convert("RGB").resize(size, Image.Resampling.LANCZOS)

@@ -3,6 +3,8 @@ small image factories and one copy of the real VGG19 (caffe weights) per session
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import sys
 from pathlib import Path
@@ -35,6 +37,27 @@ def device() -> torch.device:
     """
     torch.backends.cudnn.allow_tf32 = False  # float32 convolutions on a GPU, as the notebook runs them
     return torch.device(os.environ.get("NST_TEST_DEVICE", "cpu"))
+
+
+#: The functions the notebook defines in its cells: the algorithm, and the extras of "Going further".
+NOTEBOOK_FUNCTIONS = ("features", "content_loss", "gram_matrix", "style_loss", "content_targets_of",
+                      "style_targets_of", "total_variation", "total_loss", "luminance_transfer",
+                      "match_color_histogram", "masked_gram", "masked_style_loss")
+
+
+@pytest.fixture(scope="session")
+def nb() -> dict:
+    """The notebook's functions, defined from its code cells (only their ``def`` statements are run)."""
+    notebook = json.loads((ROOT / "style_transfer.ipynb").read_text(encoding="utf-8"))
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+    namespace = {"torch": torch, "nst": nst_utils}
+    for name in NOTEBOOK_FUNCTIONS:
+        defining = [src for src in cells if f"\ndef {name}(" in f"\n{src}"]
+        assert len(defining) == 1, f"{name} should be defined in exactly one code cell"
+        tree = ast.parse(defining[0])
+        tree.body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
+        exec(compile(tree, f"style_transfer.ipynb:{name}", "exec"), namespace)
+    return namespace
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The losses: gram_matrix, content_loss, style_loss, total_variation, and the notebook's own versions of them.
+"""The losses: nst_utils' gram_matrix, content_loss, style_loss, and the notebook's own versions of them
+(with its total_variation and masked style loss).
 
 The notebook defines the algorithm in its cells; nst_utils holds validated copies. Both must give
 the same numbers, and both must be unchanged when every feature is rescaled (the promise that one
@@ -7,34 +8,11 @@ set of loss weights works for 0..1 and 0..255 network inputs).
 
 from __future__ import annotations
 
-import ast
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 import nst_utils
-from nst_utils import ParameterError, content_loss, gram_matrix, masked_style_loss, style_loss, total_variation
-
-NOTEBOOK = Path(__file__).resolve().parents[1] / "style_transfer.ipynb"
-NOTEBOOK_FUNCTIONS = ("features", "content_loss", "gram_matrix", "style_loss", "content_targets_of",
-                      "style_targets_of", "total_loss")
-
-
-@pytest.fixture(scope="module")
-def nb() -> dict:
-    """The notebook's functions, defined from its code cells (only their ``def`` statements are run)."""
-    cells = ["".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
-    namespace = {"torch": torch, "nst": nst_utils}
-    for name in NOTEBOOK_FUNCTIONS:
-        defining = [src for src in cells if f"\ndef {name}(" in f"\n{src}"]
-        assert len(defining) == 1, f"{name} should be defined in exactly one code cell"
-        tree = ast.parse(defining[0])
-        tree.body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
-        exec(compile(tree, f"style_transfer.ipynb:{name}", "exec"), namespace)
-    return namespace
-
+from nst_utils import ParameterError, content_loss, gram_matrix, style_loss
 
 def feats(device, b=1, c=4, h=5, w=6, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -110,8 +88,6 @@ def test_losses_are_differentiable_scalars(device):
     (lambda d: content_loss(torch.rand(4, 5, 6, device=d), torch.rand(4, 5, 6, device=d)), r"\[B, C, H, W\]"),
     (lambda d: style_loss(torch.rand(1, 4, 5, 6, device=d), torch.rand(1, 3, 3, device=d)), "differ"),
     (lambda d: style_loss(torch.rand(1, 4, 5, 6, device=d), torch.rand(4, 4, device=d)), "differ"),
-    (lambda d: total_variation(torch.rand(1, 3, 1, 8, device=d)), "H, W >= 2"),
-    (lambda d: total_variation(torch.rand(3, 8, 8, device=d)), r"\[B, 3, H, W\]"),
 ])
 def test_bad_input_raises_parameter_error(device, call, match):
     with pytest.raises(ParameterError, match=match):
@@ -136,8 +112,8 @@ def test_losses_unchanged_when_all_features_are_rescaled(device, nb, impl, s):
     for scale in (1.0, s):
         x, p_s, q_s = scale * f, scale * p, scale * q
         losses[scale] = [cl(x, p_s), sl(x, gram(q_s))]
-        if impl == "nst_utils":
-            losses[scale].append(masked_style_loss(x, gram(q_s), mask))
+        if impl == "notebook":
+            losses[scale].append(nb["masked_style_loss"](x, gram(q_s), mask))
     for before, after in zip(losses[1.0], losses[s]):
         assert float(before) > 0.01
         torch.testing.assert_close(after, before, rtol=1e-5, atol=0)
@@ -152,12 +128,12 @@ def test_losses_unchanged_when_all_features_are_rescaled(device, nb, impl, s):
     ("diagonal ramp", 0.05**2 + 0.02**2),  # x[h, w] = 0.05 w + 0.02 h
     ("checkerboard", 2.0),           # every neighbour differs by 1, both ways
 ])
-def test_total_variation(device, pattern, expected):
+def test_total_variation(device, nb, pattern, expected):
     h, w = torch.meshgrid(torch.arange(6.0, dtype=torch.float64), torch.arange(7.0, dtype=torch.float64),
                           indexing="ij")
     img = {"constant": torch.full_like(h, 0.3), "horizontal ramp": 0.1 * w, "diagonal ramp": 0.05 * w + 0.02 * h,
            "checkerboard": (h + w) % 2}[pattern]
-    tv = total_variation(img.expand(2, 3, 6, 7).to(device))
+    tv = nb["total_variation"](img.expand(2, 3, 6, 7).to(device))
     torch.testing.assert_close(tv, torch.tensor(expected, dtype=torch.float64, device=device))
 
 
@@ -224,7 +200,7 @@ def test_notebook_total_loss_is_the_weighted_mean_of_nst_utils_losses(net, nb, p
     acts = nst_utils.features(net, y, CONTENT_LAYERS + STYLE_LAYERS)
     c = content_loss(acts["relu4_2"], p["relu4_2"])
     s = sum(style_loss(acts[n], a[n]) for n in STYLE_LAYERS) / len(STYLE_LAYERS)
-    tv = total_variation(y)
+    tv = nb["total_variation"](y)
     for content_weight, style_weight, tv_weight in [(1.0, 5.0, 0.0), (0.3, 100.0, 2.0)]:
         x = image.clone().requires_grad_(True)
         loss, parts = nb["total_loss"](x, net, p, a, content_weight, style_weight, tv_weight)

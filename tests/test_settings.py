@@ -228,6 +228,16 @@ def test_a_style_scale_that_shrinks_the_style_too_far(knobs):
     assert "32 px" in message
 
 
+def test_the_style_scale_check_resizes_as_the_notebook_does(knobs, make_image):
+    """The notebook gives the style a long side of scale x the photo's (192 px on a CPU): a 300x200 style at
+    scale 0.25 becomes 48x32 px, just enough; at 0.24, 46x31 px, one pixel short."""
+    style = str(make_image("style.png", size=(300, 200)))
+    cfg = nst.check_settings({**knobs, "device": "cpu", "style_path": style, "style_scales": [0.25, 2.0]})
+    assert cfg.extra_size == 192 and cfg.style_scales == [0.25, 2.0]
+    message = refused({**knobs, "device": "cpu", "style_path": style, "style_scales": [0.24]}, "style_scales=0.24")
+    assert "31 px" in message
+
+
 # --------------------------------------------------------------------------- output_dir
 
 
