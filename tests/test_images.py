@@ -547,21 +547,30 @@ def test_demo_masks_are_mostly_black_and_white_with_soft_edges(device, name):
 
 @pytest.fixture
 def fake_colab(monkeypatch):
-    """A stand-in ``google.colab`` whose ``files.upload()`` returns the queued answers in turn ({} = Cancel)."""
+    """A stand-in Colab notebook: ``google.colab`` whose ``files.upload()`` returns the queued answers in turn
+    ({} = Cancel), and a running kernel shell like Colab's (a subclass of ZMQInteractiveShell)."""
+    import IPython
+
     answers: list[dict[str, bytes]] = []
     files = types.SimpleNamespace(upload=lambda: answers.pop(0) if answers else {})
     google, colab = types.ModuleType("google"), types.ModuleType("google.colab")
     colab.files, google.colab = files, colab
     monkeypatch.setitem(sys.modules, "google", google)
     monkeypatch.setitem(sys.modules, "google.colab", colab)
+    shell = type("Shell", (type("ZMQInteractiveShell", (), {}),), {})()
+    shell.kernel = types.SimpleNamespace(_allow_stdin=True)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
     monkeypatch.delenv("NST_HEADLESS", raising=False)
     return answers
 
 
 @pytest.mark.parametrize("headless, colab", [("1", False), (None, False), ("yes", True)])
 def test_ask_for_pictures_headless_keeps_the_paths(monkeypatch, capsys, tmp_path, fake_colab, headless, colab):
-    if not colab:
+    import IPython
+
+    if not colab:  # plain Python: no Colab, no notebook
         monkeypatch.delitem(sys.modules, "google.colab")
+        monkeypatch.setattr(IPython, "get_ipython", lambda: None)
     if headless is not None:
         monkeypatch.setenv("NST_HEADLESS", headless)
     fake_colab.append({"me.png": b"never asked for"})

@@ -1,5 +1,5 @@
 """VGG19: layer names, both sets of weights, preprocessing, slicing, feature extraction, and
-``weights="auto"`` deciding within seconds whatever the network does."""
+torchvision's weights failing within seconds, whatever the network does."""
 
 from __future__ import annotations
 
@@ -250,12 +250,12 @@ def nothing_loadable(tmp_path, monkeypatch, refused_url):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(weights="imagenet"), r"weights='imagenet'.*'caffe', 'torchvision', 'auto'"),
-    (dict(weights=None), r"weights=None.*'caffe', 'torchvision', 'auto'"),
+    (dict(weights="imagenet"), r"weights='imagenet'.*'caffe', 'torchvision'"),
+    (dict(weights=None), r"weights=None.*'caffe', 'torchvision'"),
+    (dict(weights="auto"), r"weights='auto'.*'caffe', 'torchvision'"),
     (dict(weights="caffe", pooling="median"), "pooling='median'"),
     (dict(weights="torchvision", pooling="median"), "pooling='median'"),
-    (dict(weights="auto", pooling="median"), "pooling='median'"),
-    (dict(weights="auto", timeout=0), "timeout=0"),
+    (dict(weights="torchvision", timeout=0), "timeout=0"),
     (dict(weights="torchvision", timeout=float("nan")), "timeout=nan"),
 ])
 def test_load_vgg19_checks_arguments_before_loading_anything(nothing_loadable, kwargs, match):
@@ -289,7 +289,7 @@ def test_unusable_weights_files_are_named_with_the_fix(tmp_path, monkeypatch, we
     assert str(path) in str(info.value)
 
 
-# --------------------------------------------------------------------------- weights="auto": a decision within seconds
+# --------------------------------------------------------------------------- torchvision's weights: within seconds
 
 
 @pytest.fixture
@@ -374,23 +374,11 @@ def test_torchvision_weights_unreachable_fail_fast_with_advice(request, monkeypa
     assert not [p for p in empty_torch_home.rglob("*") if p.is_file()]  # nothing half-downloaded in the cache
 
 
-def test_auto_falls_back_to_the_caffe_weights_within_seconds(monkeypatch, empty_torch_home, silent_url, capsys):
-    monkeypatch.setattr(nst_utils, "TORCHVISION_VGG19_URL", silent_url)
-    started = time.perf_counter()
-    net = nst_utils.load_vgg19("auto", timeout=1)
-    assert time.perf_counter() - started < 4  # 1 s of waiting for the server, then the offline weights (~1 s)
-    assert net.weights == "caffe"
-    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    assert float(net.preprocess(red)[0, 2]) == pytest.approx(255 - 123.68)  # the caffe preprocessing came with them
-    out = capsys.readouterr().out
-    assert "weights='auto': using the original (caffe) weights" in out and "timed out" in out
-
-
-def test_auto_prefers_cached_torchvision_weights_without_the_network(monkeypatch, empty_torch_home, refused_url):
+def test_cached_torchvision_weights_load_without_the_network(monkeypatch, empty_torch_home, refused_url):
     layers = torchvision_checkpoint(empty_torch_home)
     monkeypatch.setattr(nst_utils, "TORCHVISION_VGG19_URL", refused_url)  # any download attempt would fail
 
-    net = nst_utils.load_vgg19("auto", timeout=1, verbose=False)
+    net = nst_utils.load_vgg19("torchvision", timeout=1, verbose=False)
     assert net.weights == "torchvision"
     convs = [m for m in layers if isinstance(m, nn.Conv2d)]
     for name, conv in zip(CONV_NAMES, convs, strict=True):
