@@ -4,6 +4,8 @@
 #   main       the main job as shipped, with the time of each cell
 #   precision  gpu_precision.py at 512 px: float32 twice, TF32, bf16; out of memory; 2048 px
 # The second call of 2026-11-26 ran STEPS="main precision" (timeout_s 330), the third STEPS="timings main" (150).
+# A later session (H200, 2026-11-26) ran STEPS="timings main" and then, in the same call, the suite on CUDA:
+#   PYTHONPATH=/tmp/site PATH=/tmp/gif/usr/bin:$PATH NST_TEST_DEVICE=cuda python3 -m pytest -q
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 STEPS=${STEPS:-timings main}
