@@ -14,6 +14,7 @@ import torch
 import nst_utils
 from nst_utils import ParameterError, content_loss, gram_matrix, style_loss
 
+
 def feats(device, b=1, c=4, h=5, w=6, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, c, h, w, generator=g, dtype=dtype).to(device)

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-import nst_utils as nst
 from nst_utils import Monitor, NSTError, ParameterError, RunResult, StopRun
 
 SHAPE = (1, 3, 8, 8)
