@@ -186,6 +186,12 @@ def test_choices_and_layer_lists_are_checked(knobs, name, value):
         assert "relu9_9" in message and "relu4_2" in message, "names the unknown layer and lists valid ones"
 
 
+@pytest.mark.parametrize("name", ["content_path", "style_path", "output_dir"])
+def test_a_knob_without_a_default_must_be_set(knobs, name):
+    """A parameters cell that lost a line: the check names the knob instead of failing later with a KeyError."""
+    refused({k: v for k, v in knobs.items() if k != name}, f"{name}=None")
+
+
 # --------------------------------------------------------------------------- input pictures
 
 
