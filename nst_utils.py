@@ -811,12 +811,6 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
     if s.content_weight == 0 and s.style_weight == 0:
         raise ParameterError("content_weight=0 and style_weight=0: the loss would not depend on the picture; "
                              "set at least one above 0, e.g. content_weight=1, style_weight=5")
-    low, high = sorted((s.content_weight, s.style_weight))
-    if 0 < low and high / low > 1e4:  # the losses are relative errors of similar size: one term then decides alone
-        weak = "content" if s.content_weight == low else "style"
-        warnings.warn(f"content_weight={s.content_weight:g}, style_weight={s.style_weight:g}: the {weak} term "
-                      f"is {high / low:.0e} times weaker and will hardly show in the picture; useful ratios "
-                      "style_weight/content_weight are 1..100 (the default is 5)", stacklevel=2)
     s.lr = _number("lr", get("lr", 1.0), 1e-6, 1e6, example="1.0")
     s.weights = _choice("weights", get("weights", "caffe"), WEIGHTS_CHOICES)
     s.pooling = _choice("pooling", get("pooling", "max"), ("max", "avg"))
@@ -956,9 +950,6 @@ class Monitor:
         elif bad:
             cause = (f"the {' and '.join(bad)} loss became NaN or infinite; lower "
                      f"{' and '.join(k + '_weight' for k in bad)}, or check what that loss is computed from")
-        elif math.isinf(entry["loss"]) and len(entry) > 3:  # NaN does not come from adding finite terms
-            cause = ("every part of the loss is finite but their weighted sum overflowed float32; lower the largest "
-                     "loss weight (content_weight, style_weight or tv_weight)")
         else:
             what = "gradient" if math.isfinite(entry["loss"]) else "loss"
             cause = f"the {what} became NaN or infinite; lower the loss weights or lr"

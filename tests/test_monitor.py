@@ -217,24 +217,6 @@ def test_the_message_names_the_part_that_became_non_finite(device):
     assert not {"style_weight", "content_weight", "lr"} & words(message), message
 
 
-def test_an_overflowing_weighted_sum_is_told_apart_from_a_broken_part(device):
-    start, target = tensors(device)
-
-    def huge_style_weight(x, n):
-        content = (x - target).pow(2).mean()
-        style = 10.0 + content  # finite: about 10
-        style_weight = 1e38 if n >= 3 else 5.0  # 1e38 * 10 does not fit in float32
-        return content + style_weight * style, {"content": content, "style": style}
-
-    monitor, lines = quiet(20)
-    stylize_like_the_notebook(start, counting(huge_style_weight), monitor, 20)
-    assert monitor.stop_reason == "non-finite" and monitor.evaluations == 2
-    message = " ".join(lines).lower()
-    assert "overflow" in message and "largest" in message and "weight" in message
-    assert "lr" not in words(message) and "became nan" not in message, message
-    assert monitor.result().best_loss < 100
-
-
 def test_a_diverging_image_blames_the_step_size(device):
     start, _ = tensors(device)
     monitor, lines = quiet(2000)
