@@ -8,8 +8,6 @@ in 0..1. Sizes are in pixels: ``(height, width)`` for tensors, PIL's ``(width, h
 Importing this module has no side effects.
 """
 
-from __future__ import annotations
-
 import hashlib
 import http.client
 import importlib.metadata
@@ -141,9 +139,7 @@ def _download(url: str, timeout: float, max_bytes: int | None, advice: str) -> b
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "nst_utils"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length", "")
-            too_long = bool(max_bytes) and length.isdigit() and int(length) > max_bytes  # then read nothing
-            data = b"" if too_long else response.read(None if max_bytes is None else max_bytes + 1)
+            data = response.read(None if max_bytes is None else max_bytes + 1)  # one byte more tells "too large"
     except urllib.error.HTTPError as exc:
         raise ImageError(f"{url}: the server answered {exc.code} {exc.reason}. Check the address.") from exc
     except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets; garbled or cut-off answers
@@ -153,10 +149,9 @@ def _download(url: str, timeout: float, max_bytes: int | None, advice: str) -> b
         elif isinstance(exc, http.client.HTTPException):
             reason = f"a garbled or cut-off answer: {exc!r}"
         raise ImageError(f"{url}: could not download it ({reason}; timeout {timeout:g} s). {advice}") from exc
-    if max_bytes and (too_long or len(data) > max_bytes):
-        size = f"{int(length):,} bytes" if too_long else "stopped downloading"
-        raise ImageError(f"{url}: too large ({size}; the limit is nst_utils.MAX_DOWNLOAD_BYTES = {max_bytes:,} bytes)."
-                         " Use a smaller version of the picture.")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageError(f"{url}: too large (more than nst_utils.MAX_DOWNLOAD_BYTES = {max_bytes:,} bytes). Use a "
+                         "smaller version of the picture.")
     return data
 
 
