@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 __all__ = [
     "NSTError", "ImageError", "ParameterError", "StopRun", "load_image", "image_to_tensor", "tensor_to_image",
-    "show_images", "load_mask", "ask_for_pictures", "OutputDir", "save_image", "save_gif", "save_figure", "save_json",
-    "gram_matrix", "content_loss", "style_loss", "features", "VGG19_LAYERS", "load_vgg19", "layer_index",
-    "check_settings", "pick_device", "in_notebook", "Monitor", "RunResult",
+    "show_images", "load_mask", "ask_for_pictures", "OutputDir", "gram_matrix", "content_loss", "style_loss",
+    "features", "VGG19_LAYERS", "load_vgg19", "layer_index", "check_settings", "pick_device", "in_notebook",
+    "Monitor", "RunResult",
 ]
 PathLike = str | os.PathLike
 
@@ -443,47 +443,80 @@ def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect:
             tmp.unlink(missing_ok=True)
 
 
-def save_image(image: Image.Image | Tensor, path: PathLike, *, overwrite: bool = False,
-               protect: Iterable[PathLike] = ()) -> Path:
-    """Write a PIL image or image tensor to ``path`` in the format of its suffix; return the path written. Like
-    every ``save_*``: an existing file is kept and the new one goes to the next free name (``result-1.png``) unless
-    ``overwrite=True``; ``protect``ed files never are; broken data (NaN, 0..255 floats) is refused first."""
-    img = image if isinstance(image, Image.Image) else tensor_to_image(image)
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    if fmt is None:
-        raise ParameterError(f"{path}: unknown image file type; use .png or .jpg")
-    buffer = io.BytesIO()
-    try:
-        img.save(buffer, format=fmt)
-    except (OSError, ValueError, KeyError) as exc:  # e.g. RGBA as JPEG
-        raise ParameterError(f"{path}: cannot store a {img.mode} image as {fmt} ({exc}); use .png") from exc
-    return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
+class OutputDir:
+    """The folder a notebook writes to: ``out = OutputDir("results")``, then ``out.save_image(picture, "dog.png")``.
 
+    Every ``save_*`` writes ``folder / name`` (subfolders are created) and returns the path written. An existing
+    file is kept and the new one goes to the next free name (``dog-1.png``) unless ``overwrite=True``; the files in
+    ``protect`` (e.g. the inputs) never are overwritten; broken data (NaN, 0..255 floats) is refused first."""
 
-def save_gif(frames: Sequence[np.ndarray | Tensor | Image.Image], path: PathLike, *, duration_ms: int = 80,
-             last_frame_ms: int | None = 1500, loop: int = 0, max_size: int | None = None, lossy: int | None = None,
-             overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
-    """Write frames (any form :func:`show_images` takes, one size) as an animated GIF, like :func:`save_image`.
-    ``last_frame_ms`` holds the last picture; ``loop=0`` loops forever; ``max_size`` caps the long side (px).
-    ``lossy=0`` shrinks the GIF with ``gifsicle -O3`` (same pixels), ``lossy=40`` also with ``--lossy=40`` (several
-    times smaller, a little noise); without gifsicle a warning says so and Pillow's GIF is written."""
-    if len(frames) == 0:
-        raise ParameterError(f"{path}: save_gif needs at least one frame")
-    _whole("max_size", max_size, MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
-    _whole("lossy", lossy, 0, "a whole number (0: lossless)", none=True)
-    pictures = [Image.fromarray(_to_uint8(f, f"frames[{i}]")) for i, f in enumerate(frames)]
-    sizes = sorted({p.size[::-1] for p in pictures})
-    if len(sizes) > 1:
-        raise ParameterError(f"{path}: all GIF frames must have the same size, got (H, W) {sizes}")
-    if max_size is not None and max(sizes[0]) > max_size:
-        pictures = [p.resize(_fitted(p.size, max_size), Image.Resampling.LANCZOS) for p in pictures]
-    pictures = [p.quantize(256, method=Image.Quantize.MEDIANCUT if p.getcolors(256) else Image.Quantize.FASTOCTREE)
-                for p in pictures]  # exact for frames of up to 256 colours
-    durations = [duration_ms] * (len(pictures) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
-    buffer = io.BytesIO()
-    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], loop=loop, duration=durations)
-    data = buffer.getvalue() if lossy is None else _gifsicle(buffer.getvalue(), lossy, path)
-    return _write_new(path, data, overwrite=overwrite, protect=protect)
+    def __init__(self, folder: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> None:
+        if not isinstance(overwrite, bool):
+            raise ParameterError(f"overwrite={overwrite!r}: must be True or False")
+        self.folder, self.overwrite, self.protect = Path(folder).expanduser(), overwrite, list(protect)
+
+    def _write(self, path: Path, data: bytes) -> Path:
+        return _write_new(path, data, overwrite=self.overwrite, protect=self.protect)
+
+    def save_image(self, image: Image.Image | Tensor, name: PathLike) -> Path:
+        """A PIL image or image tensor, in the format of the name's suffix (.png, .jpg, ...)."""
+        path, img = self.folder / name, image if isinstance(image, Image.Image) else tensor_to_image(image)
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt is None:
+            raise ParameterError(f"{path}: unknown image file type; use .png or .jpg")
+        buffer = io.BytesIO()
+        try:
+            img.save(buffer, format=fmt)
+        except (OSError, ValueError, KeyError) as exc:  # e.g. RGBA as JPEG
+            raise ParameterError(f"{path}: cannot store a {img.mode} image as {fmt} ({exc}); use .png") from exc
+        return self._write(path, buffer.getvalue())
+
+    def save_gif(self, frames: Sequence[np.ndarray | Tensor | Image.Image], name: PathLike, *, duration_ms: int = 80,
+                 last_frame_ms: int | None = 1500, loop: int = 0, max_size: int | None = None,
+                 lossy: int | None = None) -> Path:
+        """Frames (any form :func:`show_images` takes, one size) as an animated GIF. ``last_frame_ms`` holds the last
+        picture; ``loop=0`` loops forever; ``max_size`` caps the long side (px). ``lossy=0`` shrinks the GIF with
+        ``gifsicle -O3`` (same pixels), ``lossy=40`` also with ``--lossy=40`` (several times smaller, a little
+        noise); without gifsicle a warning says so and Pillow's GIF is written."""
+        path = self.folder / name
+        if len(frames) == 0:
+            raise ParameterError(f"{path}: save_gif needs at least one frame")
+        _whole("max_size", max_size, MIN_IMAGE_SIDE, "a whole number of pixels", none=True)
+        _whole("lossy", lossy, 0, "a whole number (0: lossless)", none=True)
+        pictures = [Image.fromarray(_to_uint8(f, f"frames[{i}]")) for i, f in enumerate(frames)]
+        sizes = sorted({p.size[::-1] for p in pictures})
+        if len(sizes) > 1:
+            raise ParameterError(f"{path}: all GIF frames must have the same size, got (H, W) {sizes}")
+        if max_size is not None and max(sizes[0]) > max_size:
+            pictures = [p.resize(_fitted(p.size, max_size), Image.Resampling.LANCZOS) for p in pictures]
+        pictures = [p.quantize(256, method=Image.Quantize.MEDIANCUT if p.getcolors(256) else Image.Quantize.FASTOCTREE)
+                    for p in pictures]  # exact for frames of up to 256 colours
+        durations = [duration_ms] * (len(pictures) - 1) + [duration_ms if last_frame_ms is None else last_frame_ms]
+        buffer = io.BytesIO()
+        pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], loop=loop, duration=durations)
+        return self._write(path, buffer.getvalue() if lossy is None else _gifsicle(buffer.getvalue(), lossy, path))
+
+    def save_figure(self, fig, name: PathLike, *, dpi: float = 100) -> Path:
+        """A matplotlib figure, margins trimmed, as .png, .pdf, .svg, ... (the name's suffix)."""
+        path = self.folder / name
+        fmt = path.suffix.lower().lstrip(".")
+        if fmt not in fig.canvas.get_supported_filetypes():
+            raise ParameterError(f"{path}: unknown figure file type; use .png, .pdf or .svg")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+        return self._write(path, buffer.getvalue())
+
+    def save_json(self, data: object, name: PathLike) -> Path:
+        """``data`` as indented JSON; numpy and torch scalars become numbers, NaN and infinity null."""
+        def clean(x):
+            x = x.item() if isinstance(x, (np.generic, Tensor)) and x.ndim == 0 else x
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            return None if isinstance(x, float) and not math.isfinite(x) else x
+
+        return self._write(self.folder / name, json.dumps(clean(data), indent=1, allow_nan=False).encode("utf-8"))
 
 
 def _gifsicle(gif: bytes, lossy: int, path: PathLike) -> bytes:
@@ -498,53 +531,6 @@ def _gifsicle(gif: bytes, lossy: int, path: PathLike) -> bytes:
         warnings.warn(f"{path}: gifsicle failed ({done.stderr.decode(errors='replace').strip()}); the GIF stays "
                       "uncompressed.", stacklevel=3)
     return done.stdout if done.returncode == 0 else gif
-
-
-def save_figure(fig, path: PathLike, *, dpi: float = 100, overwrite: bool = False,
-                protect: Iterable[PathLike] = ()) -> Path:
-    """Write a matplotlib figure, margins trimmed, as .png, .pdf, .svg, ... (the suffix), like :func:`save_image`."""
-    fmt = Path(path).suffix.lower().lstrip(".")
-    if fmt not in fig.canvas.get_supported_filetypes():
-        raise ParameterError(f"{path}: unknown figure file type; use .png, .pdf or .svg")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
-    return _write_new(path, buffer.getvalue(), overwrite=overwrite, protect=protect)
-
-
-def save_json(data: object, path: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
-    """Write ``data`` as indented JSON (NaN and infinity become null), like :func:`save_image`."""
-    def clean(x):  # numpy and torch scalars -> numbers, NaN and infinity -> None, in dicts and lists
-        x = x.item() if isinstance(x, (np.generic, Tensor)) and x.ndim == 0 else x
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return None if isinstance(x, float) and not math.isfinite(x) else x
-
-    text = json.dumps(clean(data), indent=1, allow_nan=False)
-    return _write_new(path, text.encode("utf-8"), overwrite=overwrite, protect=protect)
-
-
-class OutputDir:
-    """The folder a notebook writes to: ``out.save_image(img, "result.png")``, ``out.save_gif``, ``out.save_figure``
-    and ``out.save_json`` call those functions (see :func:`save_image`) with one ``overwrite`` and ``protect``."""
-
-    def __init__(self, folder: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> None:
-        if not isinstance(overwrite, bool):
-            raise ParameterError(f"overwrite={overwrite!r}: must be True or False")
-        self.folder, self.overwrite, self.protect = Path(folder).expanduser(), overwrite, list(protect)
-
-    def save_image(self, image: Image.Image | Tensor, name: str) -> Path:
-        return save_image(image, self.folder / name, overwrite=self.overwrite, protect=self.protect)
-
-    def save_gif(self, frames: Sequence, name: str, **options) -> Path:
-        return save_gif(frames, self.folder / name, **options, overwrite=self.overwrite, protect=self.protect)
-
-    def save_figure(self, fig, name: str, **options) -> Path:
-        return save_figure(fig, self.folder / name, **options, overwrite=self.overwrite, protect=self.protect)
-
-    def save_json(self, data: object, name: str) -> Path:
-        return save_json(data, self.folder / name, overwrite=self.overwrite, protect=self.protect)
 
 
 # ------------------------------------------------------------------------- losses: validated versions of the notebook's

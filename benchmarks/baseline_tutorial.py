@@ -216,7 +216,7 @@ def run_baseline(
     if not all(math.isfinite(h["loss"]) for h in history):
         stop_reason = "budget (non-finite losses seen)"
     if image_out is not None:
-        nst.save_image(image.detach(), image_out, overwrite=True)
+        nst.OutputDir(Path(image_out).parent, overwrite=True).save_image(image.detach(), Path(image_out).name)
     evals = len(history)
     return {
         "algorithm": "official PyTorch tutorial (Sequential surgery, LBFGS defaults, clamp in closure)",
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        args.content_layers, args.style_layers, args.device, print_every=args.print_every,
                        image_out=args.image_out)
     if args.json_out:
-        nst.save_json(run, args.json_out, overwrite=True)
+        nst.OutputDir(Path(args.json_out).parent, overwrite=True).save_json(run, Path(args.json_out).name)
     last = run["history"][-1]
     print(f"baseline: {run['evals']} evaluations in {run['seconds']:.1f} s ({run['seconds_per_eval']:.3f} s/eval), "
           f"final loss {last['loss']:.4g}, peak memory {run['peak_memory_mb']:.0f} MB on {run['device_name']}")

@@ -60,7 +60,8 @@ def _read_gif(path):
 ])
 def test_save_gif_stores_frames_durations_and_loop(tmp_path, n, loop, last_frame_ms, durations):
     frames = _frames(n)
-    out = nst_utils.save_gif(frames, tmp_path / "anim.gif", duration_ms=80, last_frame_ms=last_frame_ms, loop=loop)
+    out = nst_utils.OutputDir(tmp_path).save_gif(frames, "anim.gif", duration_ms=80, last_frame_ms=last_frame_ms,
+                                                 loop=loop)
     assert out == tmp_path / "anim.gif"
     got, got_durations, got_loop = _read_gif(out)
     assert len(got) == n and got[0].shape == (H, W, 3)
@@ -78,7 +79,7 @@ def test_save_gif_takes_every_frame_form_with_the_right_colours(tmp_path, device
         "float32 array": lambda f: (f / 255.0).astype(np.float32),
         "tensor": lambda f: torch.from_numpy(f / 255.0).float().permute(2, 0, 1)[None].to(device),
     }[form]
-    got, _, _ = _read_gif(nst_utils.save_gif([convert(f) for f in frames], tmp_path / "anim.gif"))
+    got, _, _ = _read_gif(nst_utils.OutputDir(tmp_path).save_gif([convert(f) for f in frames], "anim.gif"))
     for a, b in zip(got, frames):  # not black, not white: the colours that were given
         np.testing.assert_array_equal(a, b)
 
@@ -101,7 +102,7 @@ def _nan_tensor(device):
 ])
 def test_save_gif_refuses_broken_frames_and_writes_nothing(tmp_path, device, make, words):
     with pytest.raises(ParameterError, match=words):
-        nst_utils.save_gif(make(device), tmp_path / "out" / "anim.gif")
+        nst_utils.OutputDir(tmp_path / "out").save_gif(make(device), "anim.gif")
     assert os.listdir(tmp_path) == []
 
 
@@ -111,8 +112,8 @@ def test_save_gif_refuses_broken_frames_and_writes_nothing(tmp_path, device, mak
 @needs_gifsicle
 def test_lossy_0_shrinks_with_gifsicle_and_keeps_every_pixel(tmp_path, gradient):
     frames = _noisy_frames(4, gradient)
-    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif", loop=2)
-    optimized = nst_utils.save_gif(frames, tmp_path / "optimized.gif", loop=2, lossy=0)
+    plain = nst_utils.OutputDir(tmp_path).save_gif(frames, "plain.gif", loop=2)
+    optimized = nst_utils.OutputDir(tmp_path).save_gif(frames, "optimized.gif", loop=2, lossy=0)
     assert optimized.read_bytes() != plain.read_bytes()  # gifsicle really rewrote it
     before, after = _read_gif(plain), _read_gif(optimized)
     assert after[1:] == before[1:] and len(after[0]) == len(before[0])  # durations, loop, frame count
@@ -124,8 +125,8 @@ def test_lossy_0_shrinks_with_gifsicle_and_keeps_every_pixel(tmp_path, gradient)
 @needs_gifsicle
 def test_lossy_makes_noisy_gifs_much_smaller(tmp_path, gradient):
     frames = _noisy_frames(6, gradient)
-    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif", lossy=0)
-    lossy = nst_utils.save_gif(frames, tmp_path / "lossy.gif", lossy=80)
+    plain = nst_utils.OutputDir(tmp_path).save_gif(frames, "plain.gif", lossy=0)
+    lossy = nst_utils.OutputDir(tmp_path).save_gif(frames, "lossy.gif", lossy=80)
     assert lossy.stat().st_size < 0.8 * plain.stat().st_size
     got, _, _ = _read_gif(lossy)
     assert len(got) == 6 and got[0].shape == (48, 64, 3)
@@ -148,11 +149,11 @@ def _gifsicle_on_path(tmp_path, monkeypatch, script: str | None) -> None:
 ])
 def test_without_a_working_gifsicle_the_gif_is_written_as_pillow_made_it(tmp_path, monkeypatch, script, words):
     frames = _frames(3)
-    plain = nst_utils.save_gif(frames, tmp_path / "plain.gif").read_bytes()
+    plain = nst_utils.OutputDir(tmp_path).save_gif(frames, "plain.gif").read_bytes()
     _gifsicle_on_path(tmp_path, monkeypatch, script)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = nst_utils.save_gif(frames, tmp_path / "out" / "anim.gif", lossy=40)
+        path = nst_utils.OutputDir(tmp_path / "out").save_gif(frames, "anim.gif", lossy=40)
     assert len(caught) == 1 and all(w in str(caught[0].message) for w in words)
     assert path.read_bytes() == plain and os.listdir(tmp_path / "out") == ["anim.gif"]
 
@@ -160,5 +161,5 @@ def test_without_a_working_gifsicle_the_gif_is_written_as_pillow_made_it(tmp_pat
 def test_lossy_is_checked_before_anything_is_written(tmp_path):
     for bad in (-1, 2.5, "40"):
         with pytest.raises(ParameterError, match="lossy="):
-            nst_utils.save_gif(_frames(2), tmp_path / "anim.gif", lossy=bad)
+            nst_utils.OutputDir(tmp_path).save_gif(_frames(2), "anim.gif", lossy=bad)
     assert os.listdir(tmp_path) == []

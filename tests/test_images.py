@@ -402,7 +402,7 @@ def test_uint8_tensors_are_read_as_0_to_255(device, tmp_path):
     np.testing.assert_array_equal(np.asarray(nst_utils.tensor_to_image(t[None])), arr)
     mask = torch.full((1, 1, 9, 11), 200, dtype=torch.uint8, device=device)
     assert (np.asarray(nst_utils.tensor_to_image(mask)) == 200).all()
-    with Image.open(nst_utils.save_gif([t, t[None]], tmp_path / "u8.gif")) as gif:
+    with Image.open(nst_utils.OutputDir(tmp_path).save_gif([t, t[None]], "u8.gif")) as gif:
         np.testing.assert_array_equal(np.asarray(gif.convert("RGB")), arr)
 
 

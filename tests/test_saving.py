@@ -1,4 +1,4 @@
-"""Saving that never overwrites or loses a file: save_image, save_gif, save_figure, save_json, OutputDir.
+"""Saving that never overwrites or loses a file: OutputDir.save_image, save_gif, save_figure, save_json.
 
 The rules, for every kind of file: an existing file is kept and the new one goes to the next free
 name (``name-1.ext``); ``overwrite=True`` replaces it, except a protected input (also reached through
@@ -40,7 +40,7 @@ def _figure(i: int) -> Figure:
     return fig
 
 
-# kind -> (suffix, save(path_or_name, i, saver) using a module function or an OutputDir method, read(path) -> i)
+# kind -> (suffix, save(out, name, i) with the OutputDir method of that kind, read(path) -> i)
 def _read_colour(path: Path) -> int:
     with Image.open(path) as im:
         rgb = im.convert("RGB").getpixel((im.width // 2, im.height // 2))
@@ -48,12 +48,11 @@ def _read_colour(path: Path) -> int:
 
 
 KINDS = {
-    "image": (".png", lambda save, p, i, **kw: save.save_image(Image.new("RGB", (32, 32), _colour(i)), p, **kw),
-              _read_colour),
-    "gif": (".gif", lambda save, p, i, **kw: save.save_gif([np.full((32, 32, 3), _colour(i), np.uint8)] * 2, p, **kw),
+    "image": (".png", lambda out, name, i: out.save_image(Image.new("RGB", (32, 32), _colour(i)), name), _read_colour),
+    "gif": (".gif", lambda out, name, i: out.save_gif([np.full((32, 32, 3), _colour(i), np.uint8)] * 2, name),
             _read_colour),
-    "figure": (".png", lambda save, p, i, **kw: save.save_figure(_figure(i), p, **kw), _read_colour),
-    "json": (".json", lambda save, p, i, **kw: save.save_json({"i": i}, p, **kw),
+    "figure": (".png", lambda out, name, i: out.save_figure(_figure(i), name), _read_colour),
+    "json": (".json", lambda out, name, i: out.save_json({"i": i}, name),
              lambda path: json.loads(path.read_text())["i"]),
 }
 
@@ -74,12 +73,12 @@ def test_existing_file_is_kept_and_next_free_name_used_unless_overwrite(tmp_path
     suffix, save, read = KINDS[kind]
     user = tmp_path / f"name{suffix}"
     user.write_bytes(PRECIOUS)
-    first = save(nst_utils, user, 1)
-    second = save(nst_utils, str(user), 2)
+    first = save(OutputDir(tmp_path), user.name, 1)
+    second = save(OutputDir(str(tmp_path)), user.name, 2)
     assert (first, second) == (tmp_path / f"name-1{suffix}", tmp_path / f"name-2{suffix}")
     assert user.read_bytes() == PRECIOUS
     assert (read(first), read(second)) == (1, 2)
-    assert save(nst_utils, first, 3, overwrite=True) == first  # asked for: replaced in place
+    assert save(OutputDir(tmp_path, overwrite=True), first.name, 3) == first  # asked for: replaced in place
     assert read(first) == 3 and read(second) == 2
     assert _listing(tmp_path) == sorted(p.name for p in (user, first, second))  # no temporaries either
 
@@ -101,7 +100,7 @@ def test_protected_input_is_never_replaced_even_with_overwrite(tmp_path, kind, l
     elif link == "protect is a symlink":
         protect = tmp_path / "alias"
         protect.symlink_to(src)
-    out = save(nst_utils, target, 5, overwrite=True, protect=[protect, None])
+    out = save(OutputDir(Path(target).parent, overwrite=True, protect=[protect, None]), Path(target).name, 5)
     assert src.read_bytes() == PRECIOUS and target.read_bytes() == PRECIOUS
     assert out.name == f"{Path(target).stem}-1{suffix}" and read(out) == 5
 
@@ -111,25 +110,10 @@ def test_protecting_one_file_does_not_block_overwriting_another(tmp_path):
     src.write_bytes(PRECIOUS)
     link = tmp_path / "out.png"
     link.symlink_to(src)  # not protected: the link is replaced, the file it pointed to is still kept
-    out = nst_utils.save_image(Image.new("RGB", (32, 32), _colour(1)), link, overwrite=True, protect=["elsewhere.png"])
-    assert out == link and not link.is_symlink() and _read_colour(link) == 1
+    out = OutputDir(tmp_path, overwrite=True, protect=["elsewhere.png"])
+    assert out.save_image(Image.new("RGB", (32, 32), _colour(1)), "out.png") == link
+    assert not link.is_symlink() and _read_colour(link) == 1
     assert src.read_bytes() == PRECIOUS
-
-
-def test_output_dir_applies_the_same_rules_to_every_kind(tmp_path, kind):
-    suffix, save, read = KINDS[kind]
-    folder = tmp_path / "results"
-    folder.mkdir()
-    (folder / f"overview{suffix}").write_bytes(PRECIOUS)
-    out = OutputDir(folder, overwrite=True, protect=[folder / f"overview{suffix}"])
-    assert save(out, f"overview{suffix}", 1) == folder / f"overview-1{suffix}"
-    assert (folder / f"overview{suffix}").read_bytes() == PRECIOUS
-    assert save(out, f"run{suffix}", 2) == save(out, f"run{suffix}", 3) == folder / f"run{suffix}"  # overwrite=True
-    assert read(folder / f"run{suffix}") == 3
-    keep = OutputDir(folder)  # the default: nothing is overwritten
-    assert save(keep, f"run{suffix}", 4) == folder / f"run-1{suffix}"
-    assert read(folder / f"run{suffix}") == 3 and read(folder / f"run-1{suffix}") == 4
-    assert len(os.listdir(folder)) == 4
 
 
 @pytest.mark.parametrize("bad", ["false", "True", 1, None])
@@ -144,7 +128,7 @@ def test_output_dir_overwrite_must_be_a_boolean(tmp_path, bad):
 def _race_save(barrier, results, index: int, folder: str, saves: int) -> None:
     pictures = [Image.new("RGB", (8, 8), (40 * index, 6 * k, 77)) for k in range(saves)]
     barrier.wait(timeout=30)
-    paths = [str(nst_utils.save_image(picture, Path(folder) / "name.png")) for picture in pictures]
+    paths = [str(OutputDir(folder).save_image(picture, "name.png")) for picture in pictures]
     results.put((index, paths))
 
 
@@ -181,7 +165,7 @@ def _slow_gif(folder: str, started) -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (384, 384, 3), dtype=np.uint8) for _ in range(GIF_FRAMES)]  # ~1.5 s to encode
     started.set()
-    nst_utils.save_gif(frames, Path(folder) / "big.gif")
+    OutputDir(folder).save_gif(frames, "big.gif")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the sweep of stale temporaries are POSIX only")
@@ -200,7 +184,7 @@ def test_killed_save_leaves_nothing_but_complete_files(tmp_path, mp):
         else:
             with Image.open(tmp_path / name) as im:
                 assert im.n_frames == GIF_FRAMES
-    nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "next.png")  # the next save cleans up
+    OutputDir(tmp_path).save_image(Image.new("RGB", (32, 32)), "next.png")  # the next save cleans up
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 
@@ -225,7 +209,7 @@ def test_stale_temporary_of_a_dead_process_is_swept_live_and_foreign_ones_kept(t
     other = tmp_path / ".result.png.notes"
     for p in (dead, live, elsewhere, other):
         p.write_bytes(b"partial")
-    nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "result.png")
+    OutputDir(tmp_path).save_image(Image.new("RGB", (32, 32)), "result.png")
     assert _listing(tmp_path) == sorted([live.name, elsewhere.name, other.name, "result.png"])
 
 
@@ -241,7 +225,7 @@ def test_stale_temporary_that_cannot_be_removed_does_not_block_the_save(tmp_path
         return unlink(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "unlink", refuse)
-    assert nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / "result.png") == tmp_path / "result.png"
+    assert OutputDir(tmp_path).save_image(Image.new("RGB", (32, 32)), "result.png") == tmp_path / "result.png"
     assert _listing(tmp_path) == sorted([foreign.name, "result.png"])
 
 
@@ -261,7 +245,7 @@ def test_unwritable_folder_is_a_parameter_error_naming_the_path(tmp_path, kind, 
         target.parent.mkdir(mode=0o500)
     try:
         with pytest.raises(ParameterError, match="cannot write there") as info:
-            save(nst_utils, target, 1)
+            save(OutputDir(target.parent), target.name, 1)
     finally:
         if target.parent.name == "locked":
             target.parent.chmod(0o700)
@@ -271,14 +255,15 @@ def test_unwritable_folder_is_a_parameter_error_naming_the_path(tmp_path, kind, 
 def test_broken_data_raises_before_anything_is_written(tmp_path, device):
     nan = torch.full((1, 3, 32, 32), float("nan"), device=device)
     folder = tmp_path / "never"
+    out = OutputDir(folder)
     with pytest.raises(ParameterError, match="NaN"):
-        nst_utils.save_image(nan, folder / "r.png")
+        out.save_image(nan, "r.png")
     with pytest.raises(ParameterError, match="NaN"):
-        OutputDir(folder).save_gif([torch.rand(1, 3, 32, 32, device=device), nan], "r.gif")
+        out.save_gif([torch.rand(1, 3, 32, 32, device=device), nan], "r.gif")
     with pytest.raises(TypeError):
-        nst_utils.save_json({"model": object()}, folder / "r.json")
+        out.save_json({"model": object()}, "r.json")
     with pytest.raises(ParameterError, match="RGBA"):
-        nst_utils.save_image(Image.new("RGBA", (32, 32)), folder / "r.jpg")
+        out.save_image(Image.new("RGBA", (32, 32)), "r.jpg")
     assert not folder.exists()
 
 
@@ -287,7 +272,7 @@ def test_broken_data_raises_before_anything_is_written(tmp_path, device):
 
 def test_save_image_tensor_round_trip_is_exact(tmp_path, device):
     levels = torch.randint(0, 256, (1, 3, 24, 40), generator=torch.Generator().manual_seed(0))
-    out = nst_utils.save_image((levels / 255).to(device), tmp_path / "r.png")
+    out = OutputDir(tmp_path).save_image((levels / 255).to(device), "r.png")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (40, 24)
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), levels[0].permute(1, 2, 0).numpy())
@@ -296,7 +281,7 @@ def test_save_image_tensor_round_trip_is_exact(tmp_path, device):
 @pytest.mark.parametrize("name, fmt", [("r.png", "PNG"), ("r.jpg", "JPEG"), ("r.JPEG", "JPEG")])
 def test_save_image_format_follows_the_suffix(tmp_path, gradient, name, fmt):
     src = gradient(40, 32)
-    out = nst_utils.save_image(src, tmp_path / name)
+    out = OutputDir(tmp_path).save_image(src, name)
     with Image.open(out) as im:
         assert im.format == fmt and im.size == src.size
         assert np.abs(np.asarray(im.convert("RGB"), dtype=int) - np.asarray(src, dtype=int)).mean() < 3
@@ -307,14 +292,14 @@ def test_save_image_format_follows_the_suffix(tmp_path, gradient, name, fmt):
 def test_save_image_refuses_bad_paths(tmp_path, name, words):
     (tmp_path / "folder.png").mkdir()
     with pytest.raises(ParameterError, match=words) as info:
-        nst_utils.save_image(Image.new("RGB", (32, 32)), tmp_path / name, overwrite=True)
+        OutputDir(tmp_path, overwrite=True).save_image(Image.new("RGB", (32, 32)), name)
     assert name in str(info.value)
     assert _listing(tmp_path) == ["folder.png"] and not os.listdir(tmp_path / "folder.png")
 
 
 def test_save_image_creates_folders_and_expands_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    out = nst_utils.save_image(Image.new("RGB", (32, 32), _colour(2)), "~/a/b/r.png")
+    out = OutputDir("~/a").save_image(Image.new("RGB", (32, 32), _colour(2)), "b/r.png")
     assert out == tmp_path / "a" / "b" / "r.png" and _read_colour(out) == 2
 
 
@@ -323,20 +308,20 @@ def test_save_image_creates_folders_and_expands_home(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG\r\n\x1a\n"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
 def test_save_figure_format_follows_the_suffix(tmp_path, suffix, magic):
-    out = nst_utils.save_figure(_figure(1), tmp_path / f"fig{suffix}")
+    out = OutputDir(tmp_path).save_figure(_figure(1), f"fig{suffix}")
     assert out.read_bytes().startswith(magic)
 
 
 @pytest.mark.parametrize("name", ["fig.xyz", "fig"])
 def test_save_figure_refuses_unknown_types(tmp_path, name):
     with pytest.raises(ParameterError, match="unknown figure file type"):
-        nst_utils.save_figure(_figure(1), tmp_path / name)
+        OutputDir(tmp_path).save_figure(_figure(1), name)
     assert _listing(tmp_path) == []
 
 
 def test_save_json_round_trips_and_writes_nan_as_null(tmp_path):
     data = {"loss": [1.5, 0.25], "name": "dog", "nested": {"n": 3, "ok": True, "none": None}, "pair": [1, "a"]}
-    assert json.loads(nst_utils.save_json(data, tmp_path / "r.json").read_text()) == data
+    assert json.loads(OutputDir(tmp_path).save_json(data, "r.json").read_text()) == data
     odd = {"nan": math.nan, "inf": [math.inf], "np": np.float32(0.5), "t": torch.tensor(2.0), "tuple": (1, 2)}
-    assert json.loads(nst_utils.save_json(odd, tmp_path / "odd.json").read_text()) == {
+    assert json.loads(OutputDir(tmp_path).save_json(odd, "odd.json").read_text()) == {
         "nan": None, "inf": [None], "np": 0.5, "t": 2.0, "tuple": [1, 2]}
