@@ -114,8 +114,6 @@ def _check_tensor(x: object, name: str) -> None:
 # --------------------------------------------------------------------------- images: read any file or URL, show them
 #: VGG19 halves the resolution four times before ``relu5_1``: below this short side (px) it has little to see.
 MIN_IMAGE_SIDE = 32
-#: Images with more pixels are refused as possible decompression bombs (Pillow's own warning threshold).
-MAX_IMAGE_PIXELS = 89_478_485
 #: Largest download :func:`load_image` accepts from a URL, in bytes.
 MAX_DOWNLOAD_BYTES = 50 * 2**20
 
@@ -168,22 +166,19 @@ def _read(source: PathLike, max_size: int | None, timeout: float) -> tuple[str, 
         if file.is_dir():
             raise ImageError(f"{label}: is a folder. Pass the path of one image file inside it.")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # Pillow's decompression-bomb guard: above PIL.Image.MAX_IMAGE_PIXELS, refuse
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as opened:
                 if getattr(opened, "n_frames", 1) > 1:
                     warnings.warn(f"{label}: animated image with {opened.n_frames} frames; using the first frame.",
                                   stacklevel=3)
-                if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                    raise Image.DecompressionBombError(f"{opened.width}x{opened.height} px is more than "
-                                                       f"nst_utils.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels")
                 if max_size is not None and opened.format == "JPEG":
                     opened.draft("RGB", (max_size, max_size))  # decode at reduced scale: fast, little memory
                 opened.load()
                 return label, ImageOps.exif_transpose(opened)  # a new image, still valid once the file is closed
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{label}: {exc}. The image is too large to decode safely; shrink it first, or, if you "
-                         "trust it, raise PIL.Image.MAX_IMAGE_PIXELS and nst_utils.MAX_IMAGE_PIXELS.") from exc
+                         "trust it, raise PIL.Image.MAX_IMAGE_PIXELS.") from exc
     except UnidentifiedImageError as exc:
         hint = " (a web page? use the address of the picture itself)" if _is_url(source) else ""
         raise ImageError(f"{label}: not an image file Pillow can read{hint}. Use a JPEG, PNG or WebP file.") from exc
@@ -199,7 +194,11 @@ def load_image(source: PathLike, max_size: int | None = None, *, background: tup
     :class:`ImageError` for anything unusable, or a short side below ``min_size`` pixels."""
     _whole("max_size", max_size, min_size, "a whole number of pixels", none=True)
     label, img = _read(source, max_size, timeout)
-    img = _to_rgb(img, background)
+    img = _to_8bit(img)
+    if _has_alpha(img):
+        canvas = Image.new("RGBA", img.size, tuple(background) + (255,))
+        img = Image.alpha_composite(canvas, img.convert("RGBA"))
+    img = img.convert("RGB")
     if max_size is not None and max(img.size) > max_size:
         img = img.resize(_fitted(img.size, max_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     if min(img.size) < min_size:
@@ -220,15 +219,6 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if "transparency" in img.info:
         gray.putalpha(Image.fromarray(np.where(arr == img.info["transparency"], 0, 255).astype(np.uint8)))
     return gray
-
-
-def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB, transparency composited onto ``background``."""
-    img = _to_8bit(img)
-    if _has_alpha(img):
-        canvas = Image.new("RGBA", img.size, tuple(background) + (255,))
-        return Image.alpha_composite(canvas, img.convert("RGBA")).convert("RGB")
-    return img.convert("RGB")
 
 
 def image_to_tensor(img: Image.Image, device: torch.device | str | None = None) -> Tensor:
@@ -716,12 +706,10 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
         dev = torch.device(preference)
     except (RuntimeError, TypeError, ValueError):
         dev = None
-    if dev is None or dev.type not in count:
-        raise ParameterError(f"device={preference!r} is not a device the notebook can use; use 'auto', 'cpu', "
-                             "'cuda' (or 'cuda:0', ...) or 'mps'.")
-    if (dev.index or 0) >= count[dev.type]:
+    if dev is None or (dev.index or 0) >= count.get(dev.type, 0):
         raise ParameterError(f"device={preference!r}, but PyTorch sees {count['cuda']} CUDA GPU(s) and "
-                             f"{'an' if count['mps'] else 'no'} MPS device; use 'auto' or 'cpu'.")
+                             f"{'an' if count['mps'] else 'no'} MPS device; use 'auto', 'cpu', 'cuda' (or 'cuda:0', "
+                             "...) or 'mps'.")
     return dev
 
 
@@ -839,12 +827,8 @@ def check_settings(knobs: Mapping[str, object]) -> SimpleNamespace:
 
 # --------------------------------------------------------------------------- the run: history, best image, stops
 class StopRun(NSTError):
-    """Raised by :meth:`Monitor.update` inside the closure to end ``optimizer.step`` at once; ``reason`` is
-    ``"budget"``, ``"non-finite"``, ``"stalled"`` or ``"interrupted"``."""
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(message or reason)
-        self.reason = reason
+    """Raised by :meth:`Monitor.update` inside the closure to end ``optimizer.step`` at once; the monitor's
+    ``stop_reason`` says why: ``"budget"``, ``"non-finite"``, ``"stalled"`` or ``"interrupted"``."""
 
 
 class RunResult(SimpleNamespace):
@@ -902,7 +886,7 @@ class Monitor:
         """Record one evaluation of ``image`` ``[1, 3, H, W]`` (after ``loss.backward()``); ``parts``: the loss's
         named terms before weighting, e.g. ``{"content": c, "style": s}``. :class:`StopRun` when the run should end."""
         if self.done:
-            raise StopRun(self.stop_reason, f"the run has already stopped ({self.stop_reason})")
+            raise StopRun(f"the run has already stopped ({self.stop_reason})")
         n = self.evaluations + 1
         entry = {"eval": n, "seconds": time.perf_counter() - self._start, "loss": float(loss.detach())}
         entry.update({k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in (parts or {}).items()})
@@ -962,7 +946,7 @@ class Monitor:
             self._bar.close()
         if message:
             self.log(f"Stopped: {message}")
-        return StopRun(reason, message)
+        return StopRun(message or reason)
 
     def interrupt(self) -> None:
         """End the run because the user pressed Interrupt (Ctrl-C); the best image so far is kept."""

@@ -307,7 +307,7 @@ def test_update_after_the_run_ended_raises_stop_run(device):
     x = start.clone().requires_grad_(True)
     with pytest.raises(StopRun) as info:
         monitor.update(x, x.sum())
-    assert info.value.reason == "budget" and monitor.evaluations == 3
+    assert "already stopped (budget)" in str(info.value) and monitor.evaluations == 3
 
 
 @pytest.mark.parametrize("case", ["loss-constant-in-the-image", "already-at-the-minimum"])

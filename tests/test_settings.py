@@ -134,7 +134,7 @@ def test_pick_device_without_cuda_or_mps(monkeypatch):
 def test_pick_device_cuda_index_beyond_the_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ParameterError, match=r"device='cuda:7', but PyTorch sees 1 CUDA GPU.*'auto' or 'cpu'"):
+    with pytest.raises(ParameterError, match=r"device='cuda:7', but PyTorch sees 1 CUDA GPU.*'auto', 'cpu'"):
         nst.pick_device("cuda:7")
 
 
