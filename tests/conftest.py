@@ -66,7 +66,7 @@ def caffe_vgg(device) -> torch.nn.Sequential:
 
     Shared by several tests: it is frozen and in eval mode (nst_utils.features leaves no hooks behind).
     """
-    return nst_utils.load_vgg19("caffe", device=device, verbose=False)
+    return nst_utils.load_vgg19("caffe", device=device)
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def cpu_vgg() -> torch.nn.Sequential:
     """The baseline runs on the CPU; its reference numbers are computed there too (no TF32 on a GPU)."""
-    return nst.load_vgg19("caffe", device="cpu", verbose=False)
+    return nst.load_vgg19("caffe", device="cpu")
 
 
 @pytest.fixture(scope="module")

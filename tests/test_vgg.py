@@ -56,7 +56,7 @@ def tv_random(device, tmp_path_factory) -> nn.Sequential:
     torchvision_checkpoint(home)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(home))
-        return nst_utils.load_vgg19("torchvision", pooling="avg", device=device, verbose=False)
+        return nst_utils.load_vgg19("torchvision", pooling="avg", device=device)
 
 
 # --------------------------------------------------------------------------- names and structure
@@ -260,7 +260,7 @@ def nothing_loadable(tmp_path, monkeypatch, refused_url):
 ])
 def test_load_vgg19_checks_arguments_before_loading_anything(nothing_loadable, kwargs, match):
     with pytest.raises(ParameterError, match=match):
-        nst_utils.load_vgg19(**kwargs, verbose=False)
+        nst_utils.load_vgg19(**kwargs)
 
 
 @pytest.mark.parametrize("weights, content, match", [
@@ -285,7 +285,7 @@ def test_unusable_weights_files_are_named_with_the_fix(tmp_path, monkeypatch, we
     else:
         torch.save(content, path)
     with pytest.raises(NSTError, match=match) as info:
-        nst_utils.load_vgg19(weights, verbose=False)
+        nst_utils.load_vgg19(weights)
     assert str(path) in str(info.value)
 
 
@@ -368,7 +368,7 @@ def test_torchvision_weights_unreachable_fail_fast_with_advice(request, monkeypa
     monkeypatch.setattr(nst_utils, "TORCHVISION_VGG19_URL", url)
     started = time.perf_counter()
     with pytest.raises(NSTError, match=reason) as info:
-        nst_utils.load_vgg19("torchvision", timeout=1, verbose=False)
+        nst_utils.load_vgg19("torchvision", timeout=1)
     assert time.perf_counter() - started < 2.5
     assert "weights='caffe' works offline" in str(info.value)
     assert not [p for p in empty_torch_home.rglob("*") if p.is_file()]  # nothing half-downloaded in the cache
@@ -378,7 +378,7 @@ def test_cached_torchvision_weights_load_without_the_network(monkeypatch, empty_
     layers = torchvision_checkpoint(empty_torch_home)
     monkeypatch.setattr(nst_utils, "TORCHVISION_VGG19_URL", refused_url)  # any download attempt would fail
 
-    net = nst_utils.load_vgg19("torchvision", timeout=1, verbose=False)
+    net = nst_utils.load_vgg19("torchvision", timeout=1)
     assert net.weights == "torchvision"
     convs = [m for m in layers if isinstance(m, nn.Conv2d)]
     for name, conv in zip(CONV_NAMES, convs, strict=True):
