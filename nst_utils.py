@@ -393,8 +393,9 @@ def _is_protected(path: Path, protect: Iterable[PathLike]) -> bool:
 
 
 def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect: Iterable[PathLike] = ()) -> Path:
-    """Write ``data`` to ``path`` or, if taken, ``stem-1.ext``, ``stem-2.ext``, ...; return the path written. A complete
-    temporary file takes the free name atomically: parallel saves never clobber each other, no one sees half a file."""
+    """Write ``data`` to ``path`` or, if taken, ``stem-1.ext``, ``stem-2.ext``, ...; return the path written. The free
+    name is claimed by an exclusive create, then a complete temporary file replaces the claim atomically: parallel
+    saves never clobber each other, and no one sees half a file."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise ParameterError(f"{path}: is a folder; give a file name.")
@@ -410,21 +411,15 @@ def _write_new(path: PathLike, data: bytes, *, overwrite: bool = False, protect:
         for n in range(1_000_000):
             candidate = path.with_name(f"{path.stem}-{n}{path.suffix}") if n else path
             try:
-                os.link(tmp, candidate)  # fails if the name exists
-                return candidate
+                open(candidate, "xb").close()  # claim the name: fails if it exists, even in a race
             except FileExistsError:
                 continue
-            except OSError:  # no hard links here: claim the name with an empty new file, then fill it atomically
-                try:
-                    open(candidate, "xb").close()
-                except FileExistsError:
-                    continue
-                try:
-                    os.replace(tmp, candidate)
-                except OSError:
-                    candidate.unlink(missing_ok=True)  # our empty claim, not a user's file
-                    raise
-                return candidate
+            try:
+                os.replace(tmp, candidate)  # fill the claim with the complete file, at once
+            except OSError:
+                candidate.unlink(missing_ok=True)  # our empty claim, not a user's file
+                raise
+            return candidate
         raise FileExistsError(f"no free name like {path.name}")
     except OSError as exc:
         raise ParameterError(f"{path}: cannot write there ({exc.strerror or exc}). Choose another folder.") from exc
