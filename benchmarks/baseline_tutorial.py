@@ -135,7 +135,6 @@ class _BudgetSpent(Exception):
     """Raised from the closure after the last allowed evaluation, to leave ``optimizer.step`` at once."""
 
 
-
 def run_baseline(
     content_path: str | Path,
     style_path: str | Path,
