@@ -443,6 +443,10 @@ class OutputDir:
     def _write(self, path: Path, data: bytes) -> Path:
         return _write_new(path, data, overwrite=self.overwrite, protect=self.protect)
 
+    def save_bytes(self, data: bytes, name: PathLike) -> Path:
+        """Raw bytes (e.g. a ``torch.save`` buffer or an encoded video), under the same rules."""
+        return self._write(self.folder / name, bytes(data))
+
     def save_image(self, image: Image.Image | Tensor, name: PathLike) -> Path:
         """A PIL image or image tensor, in the format of the name's suffix (.png, .jpg, ...)."""
         path, img = self.folder / name, image if isinstance(image, Image.Image) else tensor_to_image(image)
