@@ -1,1 +1,4 @@
-"""Benchmarks of the tutorial notebook against the official PyTorch tutorial's algorithm (see README.md)."""
+"""Benchmarks of the tutorial notebook against the official PyTorch tutorial's algorithm.
+
+See benchmarks/README.md.
+"""

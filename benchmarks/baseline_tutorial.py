@@ -37,8 +37,8 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,13 +53,13 @@ from benchmarks.measure import device_name, peak_memory_mb  # noqa: E402
 __all__ = ["ContentLoss", "StyleLoss", "build_model", "run_baseline", "DEFAULT_CONTENT_LAYERS",
            "DEFAULT_STYLE_LAYERS"]
 
-#: The notebook's default layers (run_benchmark.py reads the notebook's own defaults and passes them in).
+#: The notebook's default layers (run_benchmark.py reads the notebook's own and passes them in).
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
 class ContentLoss(nn.Module):
-    """Transparent layer: remembers the content target; on forward stores ``self.loss`` and returns its input."""
+    """Transparent layer: keeps the content target; ``forward`` sets ``self.loss``, returns x."""
 
     def __init__(self, target: Tensor) -> None:
         super().__init__()
@@ -75,7 +75,7 @@ class ContentLoss(nn.Module):
 
 
 class StyleLoss(nn.Module):
-    """Transparent layer: remembers the style image's Gram matrix; on forward stores ``self.loss``."""
+    """Transparent layer: keeps the style image's Gram matrix; ``forward`` stores ``self.loss``."""
 
     def __init__(self, target_features: Tensor) -> None:
         super().__init__()
@@ -108,8 +108,9 @@ def build_model(
     """
     unknown = [n for n in (*content_layers, *style_layers) if n not in cnn._modules]
     if unknown or not content_layers or not style_layers:
-        raise nst.ParameterError(f"need at least one content and one style layer among {list(cnn._modules)}; "
-                                 f"got content_layers={list(content_layers)}, style_layers={list(style_layers)}")
+        raise nst.ParameterError(
+            f"need at least one content and one style layer among {list(cnn._modules)}; got "
+            f"content_layers={list(content_layers)}, style_layers={list(style_layers)}")
     cnn = copy.deepcopy(cnn)
     model = nn.Sequential()
     content_losses: list[ContentLoss] = []
@@ -132,7 +133,7 @@ def build_model(
 
 
 class _BudgetSpent(Exception):
-    """Raised from the closure after the last allowed evaluation, to leave ``optimizer.step`` at once."""
+    """Raised in the closure after the last evaluation allowed: ends ``optimizer.step`` at once."""
 
 
 def run_baseline(
@@ -149,7 +150,7 @@ def run_baseline(
     print_every: int = 0,
     image_out: str | Path | None = None,
 ) -> dict:
-    """Run the tutorial's algorithm for exactly ``num_evals`` loss evaluations; return the run's numbers.
+    """Run the tutorial's algorithm for exactly ``num_evals`` loss evaluations; return its numbers.
 
     Args:
         content_path, style_path: the images, both loaded with ``nst_utils.load_image(path, size)``.
@@ -175,7 +176,8 @@ def run_baseline(
     content = nst.image_to_tensor(nst.load_image(content_path, size), dev)
     style = nst.image_to_tensor(nst.load_image(style_path, size), dev)
     cnn = nst.load_vgg19("caffe", device=dev)
-    model, content_losses, style_losses = build_model(cnn, content, style, content_layers, style_layers)
+    model, content_losses, style_losses = build_model(cnn, content, style, content_layers,
+                                                      style_layers)
     del cnn
 
     image = content.clone().requires_grad_(True)
@@ -193,8 +195,9 @@ def run_baseline(
         loss = content_weight * c + style_weight * s
         loss.backward()
         n = len(history) + 1
-        history.append({"eval": n, "seconds": time.perf_counter() - start, "loss": float(loss.detach()),
-                        "content": float(c.detach()), "style": float(s.detach())})
+        history.append({"eval": n, "seconds": time.perf_counter() - start,
+                        "loss": float(loss.detach()), "content": float(c.detach()),
+                        "style": float(s.detach())})
         if print_every and (n == 1 or n % print_every == 0):
             print(f"baseline eval {n:4d}/{num_evals}  loss {history[-1]['loss']:.4g}  "
                   f"content {history[-1]['content']:.4g}  style {history[-1]['style']:.4g}  "
@@ -215,10 +218,12 @@ def run_baseline(
     if not all(math.isfinite(h["loss"]) for h in history):
         stop_reason = "budget (non-finite losses seen)"
     if image_out is not None:
-        nst.OutputDir(Path(image_out).parent, overwrite=True).save_image(image.detach(), Path(image_out).name)
+        out = nst.OutputDir(Path(image_out).parent, overwrite=True)
+        out.save_image(image.detach(), Path(image_out).name)
     evals = len(history)
     return {
-        "algorithm": "official PyTorch tutorial (Sequential surgery, LBFGS defaults, clamp in closure)",
+        "algorithm": "official PyTorch tutorial (Sequential surgery, LBFGS defaults, clamp in "
+                     "closure)",
         "device": str(dev), "device_name": device_name(dev), "weights": "caffe",
         "image_hw": list(content.shape[-2:]), "evals": evals, "seconds": seconds,
         "seconds_per_eval": seconds / evals, "peak_memory_mb": peak_memory_mb(dev),
@@ -242,14 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json-out", help="write the run's numbers here (JSON)")
     parser.add_argument("--image-out", help="save the final picture here (PNG)")
     args = parser.parse_args(argv)
-    run = run_baseline(args.content, args.style, args.size, args.evals, args.content_weight, args.style_weight,
-                       args.content_layers, args.style_layers, args.device, print_every=args.print_every,
-                       image_out=args.image_out)
+    run = run_baseline(args.content, args.style, args.size, args.evals, args.content_weight,
+                       args.style_weight, args.content_layers, args.style_layers, args.device,
+                       print_every=args.print_every, image_out=args.image_out)
     if args.json_out:
-        nst.OutputDir(Path(args.json_out).parent, overwrite=True).save_json(run, Path(args.json_out).name)
+        out = nst.OutputDir(Path(args.json_out).parent, overwrite=True)
+        out.save_json(run, Path(args.json_out).name)
     last = run["history"][-1]
-    print(f"baseline: {run['evals']} evaluations in {run['seconds']:.1f} s ({run['seconds_per_eval']:.3f} s/eval), "
-          f"final loss {last['loss']:.4g}, peak memory {run['peak_memory_mb']:.0f} MB on {run['device_name']}")
+    print(f"baseline: {run['evals']} evaluations in {run['seconds']:.1f} s "
+          f"({run['seconds_per_eval']:.3f} s/eval), final loss {last['loss']:.4g}, "
+          f"peak memory {run['peak_memory_mb']:.0f} MB on {run['device_name']}")
     return 0
 
 

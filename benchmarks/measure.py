@@ -9,7 +9,7 @@ import torch
 
 
 def device_name(device: torch.device | str) -> str:
-    """A readable name of the device, e.g. ``NVIDIA H100 80GB HBM3``, or the CPU model and torch's threads."""
+    """A readable name of the device: ``NVIDIA H100 80GB HBM3``, or the CPU model and threads."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -18,7 +18,8 @@ def device_name(device: torch.device | str) -> str:
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+            models = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            name = next(models, name)
     except OSError:
         pass
     return f"{name}, {torch.get_num_threads()} threads"
@@ -30,7 +31,10 @@ def rss_to_mb(ru_maxrss: int) -> float:
 
 
 def peak_memory_mb(device: torch.device | str) -> float | None:
-    """Peak memory of this process so far in MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else the peak RSS."""
+    """Peak memory of this process so far in MiB.
+
+    ``torch.cuda.max_memory_allocated`` on CUDA, else the peak resident memory (None on Windows).
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -38,4 +42,6 @@ def peak_memory_mb(device: torch.device | str) -> float | None:
         import resource
     except ImportError:  # Windows
         return None
-    return rss_to_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) if os.name == "posix" else None
+    if os.name != "posix":
+        return None
+    return rss_to_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -12,7 +12,7 @@ parameters cell, and the same loss definitions, so they minimise the same functi
 The table compares seconds per evaluation, peak memory, and the time each needs to
 first reach the loss the baseline has after its last evaluation (and its best loss).
 
-    python benchmarks/run_benchmark.py --sizes 256 512 --evals 300 [--device auto] [--out benchmarks/results]
+    python benchmarks/run_benchmark.py --sizes 256 512 --evals 300 [--device auto] [--out DIR]
 
 Writes ``<out>/benchmark_<date>.json`` (both histories and the summary) and
 ``<out>/benchmark_<date>.md`` (the tables, ready to paste into a README).
@@ -31,8 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,12 +45,12 @@ NOTEBOOK = ROOT / "style_transfer.ipynb"
 BASELINE = ROOT / "benchmarks" / "baseline_tutorial.py"
 
 #: Notebook parameters that define the problem; both runs get the notebook's defaults of these.
-PROBLEM_PARAMETERS = ("content_path", "style_path", "content_layers", "style_layers", "content_weight",
-                      "style_weight")
-#: Fixed settings of the notebook run (the baseline has no total-variation term and uses max pooling,
-#: as the tutorial does; both are also the notebook's defaults).
-NOTEBOOK_FIXED = {"sections": "core", "frame_every": 5, "weights": "caffe", "tv_weight": 0.0, "pooling": "max",
-                  "overwrite": True, "live": False}
+PROBLEM_PARAMETERS = ("content_path", "style_path", "content_layers", "style_layers",
+                      "content_weight", "style_weight")
+#: Fixed settings of the notebook run (the baseline has no total-variation term and uses max
+#: pooling, as the tutorial does; both are also the notebook's defaults).
+NOTEBOOK_FIXED = {"sections": "core", "frame_every": 5, "weights": "caffe", "tv_weight": 0.0,
+                  "pooling": "max", "overwrite": True, "live": False}
 
 
 # --------------------------------------------------------------------------- notebook defaults
@@ -64,7 +64,8 @@ def notebook_defaults(notebook: str | os.PathLike = NOTEBOOK) -> dict:
     ``content_weight, style_weight, tv_weight = 1.0, 5.0, 0.0``.
     """
     nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"
+             and "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
     source = "".join(cells[0]["source"])
@@ -78,7 +79,7 @@ def notebook_defaults(notebook: str | os.PathLike = NOTEBOOK) -> dict:
             elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
                 if len(target.elts) != len(node.value.elts):
                     raise ValueError(f"{notebook}: cannot unpack {ast.unparse(node)}")
-                for name, value in zip(target.elts, node.value.elts):
+                for name, value in zip(target.elts, node.value.elts, strict=True):
                     values[name.id] = ast.literal_eval(value)
     return values
 
@@ -87,7 +88,7 @@ def notebook_defaults(notebook: str | os.PathLike = NOTEBOOK) -> dict:
 
 
 def per_eval_seconds(history: Sequence[Mapping]) -> dict:
-    """Median and mean of the time between consecutive evaluations (the first counts from the start).
+    """Median and mean of the time between evaluations (the first one counts from the start).
 
     The median is robust to the odd slow evaluation (another process, a GC pause, a GIF frame).
     Returns ``{"median": None, "mean": None}`` for an empty history.
@@ -95,12 +96,12 @@ def per_eval_seconds(history: Sequence[Mapping]) -> dict:
     if not history:
         return {"median": None, "mean": None}
     times = [0.0] + [float(h["seconds"]) for h in history]
-    deltas = [b - a for a, b in zip(times, times[1:])]
+    deltas = [b - a for a, b in zip(times, times[1:], strict=False)]
     return {"median": statistics.median(deltas), "mean": times[-1] / len(deltas)}
 
 
 def time_to_reach(history: Sequence[Mapping], target: float) -> dict | None:
-    """First evaluation whose loss is ``<= target``: ``{"eval", "seconds", "loss"}``, or ``None`` if never.
+    """First evaluation whose loss is ``<= target``: ``{"eval", "seconds", "loss"}``; else ``None``.
 
     ``None`` also for a non-finite target; NaN losses never count as reaching it.
     """
@@ -113,7 +114,8 @@ def time_to_reach(history: Sequence[Mapping], target: float) -> dict | None:
     return None
 
 
-def speedup(baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapping], target: float) -> dict:
+def speedup(baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapping],
+            target: float) -> dict:
     """How much sooner the notebook reaches ``target`` than the baseline.
 
     Returns ``{"target", "baseline", "notebook", "ratio", "kind", "text"}`` where ``baseline`` and
@@ -127,7 +129,8 @@ def speedup(baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapp
     * ``"n/a"``: neither reached it, the target is not finite, or a history is empty.
     """
     base, nb = time_to_reach(baseline_history, target), time_to_reach(notebook_history, target)
-    out = {"target": target, "baseline": base, "notebook": nb, "ratio": None, "kind": "n/a", "text": "n/a"}
+    out = {"target": target, "baseline": base, "notebook": nb, "ratio": None, "kind": "n/a",
+           "text": "n/a"}
 
     def total(history: Sequence[Mapping]) -> float:
         return float(history[-1]["seconds"]) if history else 0.0
@@ -145,7 +148,7 @@ def speedup(baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapp
 
 
 def summarize(baseline: Mapping | None, notebook: Mapping | None) -> dict:
-    """The comparison of two runs (dicts shaped like the notebook's run JSON; ``None`` for a failed run)."""
+    """The comparison of two runs (dicts shaped like the notebook's run JSON; None: it failed)."""
     baseline, notebook = baseline or {"history": []}, notebook or {"history": []}
     bh, nh = baseline["history"], notebook["history"]
     final = float(bh[-1]["loss"]) if bh else math.nan
@@ -156,11 +159,12 @@ def summarize(baseline: Mapping | None, notebook: Mapping | None) -> dict:
         h = run["history"]
         losses = [(float(e["loss"]), int(e["eval"])) for e in h if math.isfinite(float(e["loss"]))]
         best_loss, best_eval = min(losses) if losses else (math.nan, None)
-        return {"evals": len(h), "stop_reason": run.get("stop_reason"), "seconds": run.get("seconds"),
-                "seconds_per_eval": per_eval_seconds(h), "peak_memory_mb": run.get("peak_memory_mb"),
+        return {"evals": len(h), "stop_reason": run.get("stop_reason"),
+                "seconds": run.get("seconds"), "seconds_per_eval": per_eval_seconds(h),
+                "peak_memory_mb": run.get("peak_memory_mb"),
                 "last_loss": float(h[-1]["loss"]) if h else math.nan, "best_loss": best_loss,
-                "best_eval": best_eval, "device_name": run.get("device_name"), "image_hw": run.get("image_hw"),
-                "threads": run.get("threads")}
+                "best_eval": best_eval, "device_name": run.get("device_name"),
+                "image_hw": run.get("image_hw"), "threads": run.get("threads")}
 
     return {"baseline": side(baseline), "notebook": side(notebook),
             "to_final_loss": speedup(bh, nh, final), "to_best_loss": speedup(bh, nh, best)}
@@ -178,7 +182,7 @@ def _reach(r: dict | None) -> str:
 
 
 def markdown_section(entry: Mapping, meta: Mapping) -> str:
-    """One size's table (GitHub markdown) with a heading that names the device, PyTorch, threads and date."""
+    """One size's table (GitHub markdown), headed by the device, PyTorch, threads and date."""
     size = entry["size"]
     lines = [f"### {size} px"]
     if entry.get("errors"):
@@ -192,36 +196,41 @@ def markdown_section(entry: Mapping, meta: Mapping) -> str:
     lines[0] += f" ({hw[1]}×{hw[0]} image)" if hw else ""
 
     def row(label: str, cell) -> str:
-        """A table row; ``cell(side)`` formats one run, "failed" for a run that did not produce numbers."""
-        return f"| {label} | " + " | ".join(cell(x) if x["evals"] else "failed" for x in (b, n)) + " |"
+        """A table row; ``cell(side)`` formats one run; "failed" for a run without numbers."""
+        cells = (cell(x) if x["evals"] else "failed" for x in (b, n))
+        return f"| {label} | " + " | ".join(cells) + " |"
 
     def per_eval(x: Mapping) -> str:
-        return f"{_num(x['seconds_per_eval']['median'], '.3f')} ({_num(x['seconds_per_eval']['mean'], '.3f')})"
+        times = x["seconds_per_eval"]
+        return f"{_num(times['median'], '.3f')} ({_num(times['mean'], '.3f')})"
 
-    lines += ["", f"{' / '.join(sorted(names))}; PyTorch {meta['torch']}; torch threads: {b.get('threads') or meta['threads']}; "
-              f"{meta['date']}", "",
+    threads = b.get("threads") or meta["threads"]
+    lines += ["", f"{' / '.join(sorted(names))}; PyTorch {meta['torch']}; torch threads: "
+              f"{threads}; {meta['date']}", "",
               "| | official tutorial's algorithm | this notebook |", "|---|---:|---:|",
               row("evaluations run (stop)", lambda x: f"{x['evals']} ({x['stop_reason']})"),
               row("seconds per evaluation, median (mean)", per_eval),
               row("peak memory (MB)", lambda x: _num(x["peak_memory_mb"], ".0f")),
-              row("loss at its last evaluation", lambda x: f"{_num(x['last_loss'], '.4g')} (eval {x['evals']})"),
+              row("loss at its last evaluation",
+                  lambda x: f"{_num(x['last_loss'], '.4g')} (eval {x['evals']})"),
               row("best loss", lambda x: f"{_num(x['best_loss'], '.4g')} (eval {x['best_eval']})")]
     for key, label in (("to_final_loss", f"the baseline's loss at eval {b['evals']}"),
                        ("to_best_loss", "the baseline's best loss")):
         s = summary[key]
-        lines.append(f"| time to first reach {label} ({_num(s['target'], '.4g')}) | {_reach(s['baseline'])} | "
-                     f"{_reach(s['notebook'])} |")
-        lines.append(f"| **speed-up** to {label} (baseline time / notebook time) | 1× | **{s['text']}** |")
+        lines.append(f"| time to first reach {label} ({_num(s['target'], '.4g')}) | "
+                     f"{_reach(s['baseline'])} | {_reach(s['notebook'])} |")
+        lines.append(f"| **speed-up** to {label} (baseline time / notebook time) | 1× | "
+                     f"**{s['text']}** |")
     return "\n".join(lines) + "\n"
 
 
 def markdown_report(entries: Iterable[Mapping], meta: Mapping) -> str:
     head = (f"## Benchmark: official tutorial's algorithm vs this notebook ({meta['date']})\n\n"
-            f"Same images, layers, loss definitions and weights; {meta['evals']} evaluations for the baseline, "
-            f"{meta['notebook_evals']} for the notebook. Seconds per evaluation: median of the per-evaluation "
-            "times (mean in brackets). Peak memory: process peak RSS on a CPU, "
-            "`torch.cuda.max_memory_allocated` on CUDA. Produced by `python benchmarks/run_benchmark.py "
-            f"{meta['command']}`.\n")
+            f"Same images, layers, loss definitions and weights; {meta['evals']} evaluations for "
+            f"the baseline, {meta['notebook_evals']} for the notebook. Seconds per evaluation: "
+            "median of the per-evaluation times (mean in brackets). Peak memory: process peak RSS "
+            "on a CPU, `torch.cuda.max_memory_allocated` on CUDA. Produced by "
+            f"`python benchmarks/run_benchmark.py {meta['command']}`.\n")
     return "\n".join([head] + [markdown_section(e, meta) for e in entries])
 
 
@@ -251,8 +260,8 @@ def _run_quietly(cmd: Sequence[str], env: dict, show) -> float | None:
         show = lambda line: line.lstrip().startswith(prefixes)  # noqa: E731
     tail: list[str] = []
     peak = None
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as proc:
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-60:]
             if show(line):
@@ -263,20 +272,23 @@ def _run_quietly(cmd: Sequence[str], env: dict, show) -> float | None:
     if proc.returncode:
         print("".join(tail), file=sys.stderr, flush=True)
         last = next((line.strip() for line in reversed(tail) if line.strip()), "")
-        raise RuntimeError(f"{Path(cmd[1]).name if cmd[1] != '-m' else cmd[2]} exited with status "
-                           f"{proc.returncode}: {last[:300]}")
+        name = Path(cmd[1]).name if cmd[1] != "-m" else cmd[2]
+        raise RuntimeError(f"{name} exited with status {proc.returncode}: {last[:300]}")
     return peak
 
 
-def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict) -> dict:
+def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, out: Path,
+                         env: dict) -> dict:
     """Run baseline_tutorial.py in a fresh Python process; return its run JSON."""
     json_out = out / f"baseline_{size}.json"
     json_out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(BASELINE), "--size", str(size), "--evals", str(evals), "--device", device,
-           "--content", problem["content_path"], "--style", problem["style_path"],
+    cmd = [sys.executable, str(BASELINE), "--size", str(size), "--evals", str(evals),
+           "--device", device, "--content", problem["content_path"],
+           "--style", problem["style_path"],
            "--content-weight", repr(float(problem["content_weight"])),
            "--style-weight", repr(float(problem["style_weight"])),
-           "--content-layers", *problem["content_layers"], "--style-layers", *problem["style_layers"],
+           "--content-layers", *problem["content_layers"],
+           "--style-layers", *problem["style_layers"],
            "--json-out", str(json_out), "--image-out", str(out / f"baseline_{size}.png")]
     _run_quietly(cmd, env, lambda line: True)
     return json.loads(json_out.read_text(encoding="utf-8"))
@@ -284,17 +296,19 @@ def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, o
 
 def run_notebook_process(size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict,
                          kernel: str) -> dict:
-    """Run the notebook with papermill (its own process, a fresh kernel); return the notebook's run JSON."""
+    """Run the notebook with papermill (its own process, a fresh kernel); return its run JSON."""
     nb_dir = out / f"nb_{size}"
     nb_dir.mkdir(parents=True, exist_ok=True)
-    run_json = nb_dir / f"{Path(problem['content_path']).stem}_{Path(problem['style_path']).stem}.json"
+    stem = f"{Path(problem['content_path']).stem}_{Path(problem['style_path']).stem}"
+    run_json = nb_dir / f"{stem}.json"
     run_json.unlink(missing_ok=True)  # so that a stale file from an earlier benchmark is never read
-    parameters = {**problem, **NOTEBOOK_FIXED, "image_size": size, "num_evals": evals, "device": device,
-                  "output_dir": str(nb_dir.resolve())}
+    parameters = {**problem, **NOTEBOOK_FIXED, "image_size": size, "num_evals": evals,
+                  "device": device, "output_dir": str(nb_dir.resolve())}
     params_file = nb_dir / "parameters.json"  # JSON is YAML, which papermill's -f reads
     params_file.write_text(json.dumps(parameters, indent=1), encoding="utf-8")
-    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(nb_dir / "executed.ipynb"), "-f", str(params_file),
-           "-k", kernel, "--cwd", str(ROOT), "--no-progress-bar", "--log-output", "--log-level", "INFO"]
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(nb_dir / "executed.ipynb"),
+           "-f", str(params_file), "-k", kernel, "--cwd", str(ROOT), "--no-progress-bar",
+           "--log-output", "--log-level", "INFO"]
     peak_rss = _run_quietly(cmd, env, NOTEBOOK_PROGRESS)
     if not run_json.is_file():
         raise RuntimeError(f"the notebook ran but wrote no {run_json}")
@@ -333,16 +347,21 @@ def _json_safe(obj):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Time the official tutorial's algorithm and this notebook "
-                                                 "side by side (see benchmarks/README.md).")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256], help="long sides in px (default 256)")
-    parser.add_argument("--evals", type=int, default=300, help="baseline evaluations per size (default 300)")
-    parser.add_argument("--notebook-evals", type=int, default=None, help="notebook evaluations (default: --evals)")
+    parser = argparse.ArgumentParser(description="Time the official tutorial's algorithm and this "
+                                     "notebook side by side (see benchmarks/README.md).")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256],
+                        help="long sides in px (default 256)")
+    parser.add_argument("--evals", type=int, default=300,
+                        help="baseline evaluations per size (default 300)")
+    parser.add_argument("--notebook-evals", type=int, default=None,
+                        help="notebook evaluations (default: --evals)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in both runs (sets OMP_NUM_THREADS); default: PyTorch's default")
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebook (default python3)")
+                        help="torch threads in both runs (sets OMP_NUM_THREADS); "
+                             "default: PyTorch's default")
+    parser.add_argument("--kernel", default="python3",
+                        help="Jupyter kernel for the notebook (default python3)")
     args = parser.parse_args(argv)
     if args.evals < 1 or (args.notebook_evals is not None and args.notebook_evals < 1):
         parser.error("--evals and --notebook-evals must be >= 1")
@@ -368,18 +387,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": " ".join(sys.argv[1:] if argv is None else argv), "problem": problem,
             "notebook_fixed": NOTEBOOK_FIXED}
     entries: list[dict] = []
-    print(f"Benchmark {now:%Y-%m-%d %H:%M}: sizes {args.sizes}, {args.evals} baseline / {nb_evals} notebook "
-          f"evaluations, device {args.device}, PyTorch {torch.__version__}, {meta['threads']} threads -> {out}",
-          flush=True)
+    print(f"Benchmark {now:%Y-%m-%d %H:%M}: sizes {args.sizes}, {args.evals} baseline / "
+          f"{nb_evals} notebook evaluations, device {args.device}, PyTorch {torch.__version__}, "
+          f"{meta['threads']} threads -> {out}", flush=True)
     for size in args.sizes:
         entry: dict = {"size": size, "errors": {}}
-        for side, run in (("baseline", lambda: run_baseline_process(size, args.evals, problem, args.device, out, env)),
-                          ("notebook", lambda: run_notebook_process(size, nb_evals, problem, args.device, out, env,
-                                                                    args.kernel))):
+        runs = (("baseline", run_baseline_process,
+                 (size, args.evals, problem, args.device, out, env)),
+                ("notebook", run_notebook_process,
+                 (size, nb_evals, problem, args.device, out, env, args.kernel)))
+        for side, run, run_args in runs:
             print(f"\n== {size} px: {side} ==", flush=True)
             t0 = time.perf_counter()
             try:
-                entry[side] = run()
+                entry[side] = run(*run_args)
             except (OSError, RuntimeError, ValueError) as exc:
                 entry["errors"][side] = str(exc)
                 print(f"{side} at {size} px failed: {exc}", file=sys.stderr, flush=True)
@@ -389,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries.append(entry)
         print("\n" + markdown_section(entry, meta), flush=True)
         # after every size, so that a failure later keeps what is done
-        _write(out / f"{stem}.json", json.dumps(_json_safe({"meta": meta, "results": entries}), indent=1))
+        report = _json_safe({"meta": meta, "results": entries})
+        _write(out / f"{stem}.json", json.dumps(report, indent=1))
         _write(out / f"{stem}.md", markdown_report(entries, meta))
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
     return 1 if any(e["errors"] for e in entries) else 0

@@ -15,8 +15,16 @@ import torch
 
 import nst_utils as nst
 from benchmarks.baseline_tutorial import ContentLoss, StyleLoss, build_model, run_baseline
-from benchmarks.run_benchmark import (ROOT, _run_quietly, markdown_section, notebook_defaults, per_eval_seconds,
-                                      speedup, summarize, time_to_reach)
+from benchmarks.run_benchmark import (
+    ROOT,
+    _run_quietly,
+    markdown_section,
+    notebook_defaults,
+    per_eval_seconds,
+    speedup,
+    summarize,
+    time_to_reach,
+)
 
 DEFAULTS = notebook_defaults()
 CONTENT, STYLE = ROOT / DEFAULTS["content_path"], ROOT / DEFAULTS["style_path"]
@@ -37,7 +45,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def cpu_vgg() -> torch.nn.Sequential:
-    """The baseline runs on the CPU; its reference numbers are computed there too (no TF32 on a GPU)."""
+    """The baseline runs on the CPU; its reference numbers are computed there too (no TF32)."""
     return nst.load_vgg19("caffe", device="cpu")
 
 
@@ -47,7 +55,7 @@ def tiny_run() -> dict:
 
 
 def direct_loss(vgg: torch.nn.Sequential, image, content, style) -> tuple[float, float, float]:
-    """The notebook's total_loss, written out with nst_utils: (total, mean content loss, mean style loss)."""
+    """The notebook's total_loss written out with nst_utils: (total, mean content, mean style)."""
 
     def acts(x):
         out = {}
@@ -64,7 +72,7 @@ def direct_loss(vgg: torch.nn.Sequential, image, content, style) -> tuple[float,
 
 
 def load_pair():
-    return (nst.image_to_tensor(nst.load_image(CONTENT, SIZE)), nst.image_to_tensor(nst.load_image(STYLE, SIZE)))
+    return tuple(nst.image_to_tensor(nst.load_image(path, SIZE)) for path in (CONTENT, STYLE))
 
 
 # --------------------------------------------------------------------------- the baseline
@@ -74,7 +82,7 @@ def test_notebook_defaults_include_the_tuple_assigned_parameters():
     assert CONTENT.is_file() and STYLE.is_file()
     assert C_LAYERS and S_LAYERS and all(n in nst.VGG19_LAYERS for n in C_LAYERS + S_LAYERS)
     assert isinstance(C_WEIGHT, (int, float)) and isinstance(S_WEIGHT, (int, float))
-    assert DEFAULTS["tv_weight"] == 0 and DEFAULTS["pooling"] == "max", "the baseline has no TV term, max pooling"
+    assert DEFAULTS["tv_weight"] == 0 and DEFAULTS["pooling"] == "max", "as the baseline"
 
 
 def test_baseline_runs_exactly_the_budget_and_the_loss_falls(tiny_run):
@@ -109,12 +117,15 @@ def test_loss_modules_sit_right_after_their_layers_and_the_model_ends_at_the_las
     deepest = max(C_LAYERS + S_LAYERS, key=nst.VGG19_LAYERS.index)
     after_deepest = names[names.index(deepest) + 1:]
     assert names[-1].endswith(deepest), "cut right after the deepest layer's loss module"
-    assert after_deepest and all(n.startswith(("content_loss_", "style_loss_")) for n in after_deepest)
+    assert after_deepest
+    assert all(n.startswith(("content_loss_", "style_loss_")) for n in after_deepest)
     assert len(content_losses) == len(C_LAYERS) and len(style_losses) == len(S_LAYERS)
     assert names[0] == "preprocess"
     # surgery on a deep copy: the shared network is untouched and shares no layer with the model
     assert list(cpu_vgg._modules) == names_before
-    assert all(m is not cpu_vgg.get_submodule(n) for n, m in model.named_children() if n in names_before)
+    shared = [n for n, m in model.named_children()
+              if n in names_before and m is cpu_vgg.get_submodule(n)]
+    assert not shared
 
 
 def test_loss_modules_give_the_notebooks_loss(cpu_vgg):
@@ -145,7 +156,8 @@ def test_first_evaluation_equals_the_notebook_loss_of_the_content_image(tiny_run
 
 def hist(pairs):
     """History from (seconds, loss) pairs."""
-    return [{"eval": i, "seconds": t, "loss": l, "content": 0.0, "style": 0.0} for i, (t, l) in enumerate(pairs, 1)]
+    return [{"eval": i, "seconds": t, "loss": loss, "content": 0.0, "style": 0.0}
+            for i, (t, loss) in enumerate(pairs, 1)]
 
 
 BASE = hist([(1, 10.0), (2, 6.0), (3, 7.0), (4, 5.0), (5, 4.0)])   # the clamp makes it non-monotone
@@ -154,7 +166,8 @@ SLOW = hist([(2, 9.0), (4, 8.0), (8, 6.5)])
 
 
 def test_time_to_reach():
-    assert time_to_reach(BASE, 6.0) == {"eval": 2, "seconds": 2.0, "loss": 6.0}  # <= counts, first one wins
+    # <= counts, and the first one wins
+    assert time_to_reach(BASE, 6.0) == {"eval": 2, "seconds": 2.0, "loss": 6.0}
     assert time_to_reach(BASE, 4.0)["eval"] == 5
     assert time_to_reach(FAST, 4.0) == {"eval": 3, "seconds": 1.5, "loss": 3.0}
     assert time_to_reach(SLOW, 4.0) is None
@@ -165,14 +178,17 @@ def test_time_to_reach():
 
 def test_speedup_exact_upper_lower_and_not_available():
     exact = speedup(BASE, FAST, 4.0)
-    assert exact["kind"] == "exact" and exact["ratio"] == pytest.approx(5.0 / 1.5) and exact["text"] == "3.33×"
+    assert exact["kind"] == "exact" and exact["ratio"] == pytest.approx(5.0 / 1.5)
+    assert exact["text"] == "3.33×"
     upper = speedup(BASE, SLOW, 4.0)  # the notebook ran 8 s without getting there
-    assert upper["kind"] == "upper" and upper["ratio"] == pytest.approx(5.0 / 8) and upper["text"] == "< 0.62×"
+    assert upper["kind"] == "upper" and upper["ratio"] == pytest.approx(5.0 / 8)
+    assert upper["text"] == "< 0.62×"
     assert upper["notebook"] is None
     lower = speedup(BASE, FAST, 2.0)  # only the notebook got there, after 2 s; the baseline ran 5 s
     assert lower["kind"] == "lower" and lower["text"] == "> 2.50×"
     for target in (1.0, math.nan):
-        assert speedup(BASE, SLOW, target)["kind"] == "n/a" and speedup(BASE, SLOW, target)["ratio"] is None
+        none = speedup(BASE, SLOW, target)
+        assert none["kind"] == "n/a" and none["ratio"] is None
     assert speedup(BASE, [], 4.0)["text"] == "n/a"
 
 
@@ -205,13 +221,16 @@ def test_baseline_handles_content_and_style_of_different_shapes():
 
 
 def test_peak_memory_of_a_run_covers_its_whole_process_tree():
-    # The notebook's kernel is papermill's child: its peak memory must be counted, not papermill's own.
+    # The notebook's kernel is papermill's child: its peak memory counts, not papermill's own.
     grandchild = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"
-    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    child = ("import subprocess, sys; "
+             f"subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)")
     lines = []
-    peak = _run_quietly([sys.executable, "-c", child + "; print('done')"], dict(os.environ), lines.append)
+    peak = _run_quietly([sys.executable, "-c", child + "; print('done')"], dict(os.environ),
+                        lines.append)
     assert lines == ["done\n"]
     if hasattr(os, "wait4"):
         assert 290 < peak < 2000, peak
     with pytest.raises(RuntimeError, match="exited with status 3"):
-        _run_quietly([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), lambda line: False)
+        _run_quietly([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
+                     lambda line: False)
