@@ -294,9 +294,39 @@ def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, o
     return json.loads(json_out.read_text(encoding="utf-8"))
 
 
+#: A last cell the benchmark appends to its copy of the notebook: only the kernel can read its own
+#: CUDA peak memory (the notebook's run JSON need not record it). Prints null on a CPU.
+PEAK_TAG = "benchmark: CUDA peak MB"
+PEAK_CELL = ("import json as _json, torch as _torch\n"
+             "_peak = _torch.cuda.is_initialized() and _torch.cuda.max_memory_allocated()\n"
+             f"print({PEAK_TAG!r}, _json.dumps(_peak / 2**20 if _peak else None))\n")
+
+
+def _notebook_with_peak_cell(dest: Path) -> Path:
+    """Write the notebook with :data:`PEAK_CELL` appended to ``dest``; return ``dest``."""
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    nb["cells"].append({"cell_type": "code", "id": "benchmark-cuda-peak", "metadata": {},
+                        "execution_count": None, "outputs": [], "source": PEAK_CELL})
+    dest.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+    return dest
+
+
+def _cuda_peak_mb(executed: Path) -> float | None:
+    """What :data:`PEAK_CELL` printed in the executed notebook (None on a CPU, or if nothing)."""
+    cell = json.loads(executed.read_text(encoding="utf-8"))["cells"][-1]
+    text = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
+    for line in text.splitlines():
+        if line.startswith(PEAK_TAG):
+            return json.loads(line[len(PEAK_TAG):])
+    return None
+
+
 def run_notebook_process(size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict,
                          kernel: str) -> dict:
-    """Run the notebook with papermill (its own process, a fresh kernel); return its run JSON."""
+    """Run the notebook with papermill (its own process, a fresh kernel); return its run JSON.
+
+    Its ``peak_memory_mb`` is the kernel's CUDA peak on a GPU, else the kernel's peak RSS.
+    """
     nb_dir = out / f"nb_{size}"
     nb_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(problem['content_path']).stem}_{Path(problem['style_path']).stem}"
@@ -306,18 +336,19 @@ def run_notebook_process(size: int, evals: int, problem: Mapping, device: str, o
                   "device": device, "output_dir": str(nb_dir.resolve())}
     params_file = nb_dir / "parameters.json"  # JSON is YAML, which papermill's -f reads
     params_file.write_text(json.dumps(parameters, indent=1), encoding="utf-8")
-    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(nb_dir / "executed.ipynb"),
+    source = _notebook_with_peak_cell(nb_dir / "notebook.ipynb")
+    executed = nb_dir / "executed.ipynb"
+    cmd = [sys.executable, "-m", "papermill", str(source), str(executed),
            "-f", str(params_file), "-k", kernel, "--cwd", str(ROOT), "--no-progress-bar",
            "--log-output", "--log-level", "INFO"]
     peak_rss = _run_quietly(cmd, env, NOTEBOOK_PROGRESS)
     if not run_json.is_file():
         raise RuntimeError(f"the notebook ran but wrote no {run_json}")
     run = json.loads(run_json.read_text(encoding="utf-8"))
-    # The notebook records what it knows (CUDA peak memory on a GPU); the rest is measured here.
     run.setdefault("device_name", device_name(nst.pick_device(device)))
     run.setdefault("threads", int(env.get("OMP_NUM_THREADS") or 0) or None)
-    if run.get("peak_memory_mb") is None:
-        run["peak_memory_mb"] = peak_rss
+    cuda_peak = _cuda_peak_mb(executed)
+    run["peak_memory_mb"] = peak_rss if cuda_peak is None else cuda_peak
     return run
 
 
