@@ -1,6 +1,7 @@
-"""The benchmark's baseline (the official tutorial's algorithm) and the report's pure helpers.
+"""The benchmark's baseline (the official tutorial's algorithm), the report's pure helpers, and
+every script in benchmarks/ run end to end at tiny sizes (the GPU check's dry run).
 
-The baseline runs once at 64 px for 12 evaluations (a few seconds); the rest uses tiny tensors.
+The baseline runs once at 64 px for 12 evaluations (a few seconds); the helpers use tiny data.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -234,3 +236,25 @@ def test_peak_memory_of_a_run_covers_its_whole_process_tree():
     with pytest.raises(RuntimeError, match="exited with status 3"):
         _run_quietly([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
                      lambda line: False)
+
+
+# --------------------------------------------------------------------------- scripts, end to end
+
+
+def test_gpu_check_dry_run_runs_every_script_end_to_end(tmp_path):
+    """gpu_check.py's dry run (CPU, tiny sizes, from another folder) runs its steps: the probe, a
+    test, the main job, and run_benchmark.py, which runs baseline_tutorial.py and the notebook."""
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run",
+                           str(out)], cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert {"device", "tests", "main", "bench"} <= {p.stem for p in out.glob("*.log")}
+    assert (out / "summary.md").stat().st_size > 0
+    main_run = json.loads(next((out / "main").glob("*.json")).read_text(encoding="utf-8"))
+    assert len(main_run["history"]) == 4
+    report = json.loads(next((out / "bench").glob("benchmark_*.json")).read_text(encoding="utf-8"))
+    (entry,) = report["results"]
+    assert not entry["errors"]
+    assert len(entry["baseline"]["history"]) == 3 == len(entry["notebook"]["history"])
+    assert entry["baseline"]["peak_memory_mb"] > 0 and entry["notebook"]["peak_memory_mb"] > 0
