@@ -263,13 +263,15 @@ class _HttpsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _download(url: str, max_bytes: int | None, seconds: float, advice: str) -> bytes:
-    """The body of https ``url``, read within ``seconds`` in all; :class:`ImageError` naming it."""
+def _download(url: str, max_bytes: int | None, seconds: float, advice: str, wait: float = 20.0
+              ) -> bytes:
+    """The body of ``url``, read within ``seconds`` in all, ``wait`` s at most for each answer;
+    :class:`ImageError` naming it."""
     url, deadline, chunks, size = _checked_url(url), time.monotonic() + seconds, [], 0
     opener = urllib.request.build_opener(_HttpsOnly)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "nst_utils"})
-        with opener.open(request, timeout=min(seconds, 20.0)) as response:
+        with opener.open(request, timeout=min(seconds, wait)) as response:
             while chunk := response.read1(2**16):
                 chunks.append(chunk)
                 size += len(chunk)
@@ -277,8 +279,13 @@ def _download(url: str, max_bytes: int | None, seconds: float, advice: str) -> b
                     raise ImageError(f"{url}: larger than {max_bytes:,} bytes; use a smaller file")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"not complete after {seconds:g} s")
+            if getattr(response, "length", None):  # fewer bytes than the server announced
+                raise http.client.IncompleteRead(b"".join(chunks), response.length)
+    except ImageError:
+        raise
     except urllib.error.HTTPError as exc:
-        raise ImageError(f"{url}: the server answered {exc.code} {exc.reason}. Check it.") from exc
+        raise ImageError(f"{url}: the server answered {exc.code} {exc.reason}. Check the address."
+                         ) from exc
     except (OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, socket.gaierror):
@@ -402,8 +409,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 def image_to_tensor(img: Image.Image, device: torch.device | str | None = None) -> Tensor:
     """PIL image -> float32 tensor ``[1, 3, H, W]``, RGB in 0..1, on ``device``."""
     if not isinstance(img, Image.Image):
+        path = repr(str(img)) if isinstance(img, (str, os.PathLike)) else "path"
         raise ParameterError(f"image_to_tensor expects a PIL image, got {type(img).__name__}; use "
-                             "nst.image_to_tensor(nst.load_image(path))")
+                             f"nst.image_to_tensor(nst.load_image({path}))")
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous().to(device)
 
@@ -551,8 +559,9 @@ _TMP = ".nst-tmp"
 def _confined(folder: Path, name: PathLike) -> Path:
     """``folder / name`` if ``name`` is a relative file name that stays inside ``folder``."""
     text = os.fspath(name) if isinstance(name, (str, os.PathLike)) else None
-    if not text or "\0" in text or text.startswith("~") or Path(text).is_absolute() or ".." in (
-            Path(text).parts) or Path(text).drive:
+    home = text and text.startswith("~") and (text == "~" or "/" in text or os.sep in text)
+    if not text or "\0" in text or home or Path(text).is_absolute() or ".." in (
+            Path(text).parts) or Path(text).drive:  # "~draft.png" is a name, "~/x.png" is not
         raise ParameterError(f"{name!r}: give a file name inside {folder}, e.g. 'result.png' or "
                              "'run/result.png' (no '..', '~' or leading '/')")
     for part in Path(text).parts:
@@ -619,15 +628,22 @@ class OutputDir:
     def __init__(self, folder: PathLike, *, overwrite: bool = False,
                  protect: Iterable[PathLike | None] = ()) -> None:
         self.overwrite = boolean("overwrite", overwrite)
-        self.folder = Path(folder).expanduser().absolute()  # fixed now: a later %cd changes nothing
-        self.protect = [Path(p).expanduser().absolute() for p in protect
-                        if p is not None and not _is_url(p)]
+        if "\0" in os.fspath(folder):
+            raise ParameterError(f"{folder!r}: a folder name cannot hold a NUL byte")
+        try:  # fixed now: a later %cd changes nothing
+            self.folder = Path(folder).expanduser().absolute()
+            self.protect = [Path(p).expanduser().absolute() for p in protect
+                            if p is not None and not _is_url(p)]
+        except RuntimeError as exc:  # ~user that does not exist
+            raise ParameterError(f"{folder}: {exc}") from exc
 
     def save_bytes(self, data: bytes, name: PathLike, *, siblings: Sequence[str] = ()) -> Path:
         """Raw bytes (e.g. a ``torch.save`` buffer or an encoded video). ``siblings``: suffixes such
         as ``[".json", ".gif"]`` whose names with the chosen stem must be free too, so that one
         run's files share one stem."""
         path = _confined(self.folder, name)
+        for suffix in siblings:  # they must fit too, with a "-99999" if the stem is taken
+            _confined(self.folder, Path(os.fspath(name)).with_name(f"{path.stem}-99999{suffix}"))
         if path.is_dir():
             raise ParameterError(f"{path}: is a folder; give a file name")
         try:
@@ -702,7 +718,7 @@ class OutputDir:
                 return [clean(v) for v in x]
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
-        text = json.dumps(clean(data), indent=1, allow_nan=False, default=str)
+        text = json.dumps(clean(data), indent=1, allow_nan=False)
         return self.save_bytes(text.encode("utf-8"), name)
 
 
@@ -764,12 +780,9 @@ def style_loss(features: Tensor, target_gram: Tensor) -> Tensor:
 
 
 def features(net: nn.Module, image: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
-    """Run ``net`` on ``image`` (float ``[B, 3, H, W]``) once; return ``{layer name: output}`` for
+    """Run ``net`` on ``image`` (float ``[B, C, H, W]``) once; return ``{layer name: output}`` for
     ``layers``, caught with forward hooks that live only for this call."""
     _check_tensor(image, "features(image)")
-    if image.shape[1] != 3:
-        raise ParameterError(f"features(image): expected 3 colour channels, got "
-                             f"{list(image.shape)}")
     if isinstance(layers, str):
         raise ParameterError(f"layers={layers!r}: pass a list of layer names, e.g. [{layers!r}]")
     wanted, modules = list(dict.fromkeys(layers)), dict(net.named_modules())
@@ -836,7 +849,7 @@ def _weights_file(weights: str, timeout: float) -> tuple[Path, str]:
     if not cached.is_file():
         print(f"Downloading torchvision's VGG19 weights (548 MB, once) into {cached.parent} ...")
         try:
-            data = _download(url, None, max(timeout, 600.0), offline)
+            data = _download(url, None, 600.0, offline, wait=timeout)
         except ImageError as exc:
             raise NSTError(f"torchvision's VGG19 weights: {exc}") from exc
         if not hashlib.sha256(data).hexdigest().startswith(Path(url).stem.rsplit("-", 1)[-1]):
@@ -932,7 +945,10 @@ class Progress:
 
     def _display(self, handle, obj):
         """Show ``obj`` in a notebook output that later calls replace; None outside a notebook."""
-        from IPython.display import display
+        try:
+            from IPython.display import display
+        except ImportError:  # no IPython: not in a notebook
+            return None
         raw = isinstance(obj, str)
         obj = {"text/plain": obj} if raw else obj
         if handle is None:
@@ -1041,8 +1057,9 @@ class Monitor:
         if self.done:
             raise StopRun(f"the run has already stopped ({self.stop_reason})")
         n = self.evaluations + 1
-        entry = {"eval": n, "seconds": time.perf_counter() - self._start, "loss": float(loss)}
-        entry.update({k: float(v) for k, v in parts.items()})
+        entry = {"eval": n, "seconds": time.perf_counter() - self._start}
+        values = {"loss": loss, **parts}  # detached: float() of a tensor with a gradient warns
+        entry.update({k: float(torch.as_tensor(v).detach()) for k, v in values.items()})
         grad_ok = image.grad is None or bool(image.grad.isfinite().all())
         if not (math.isfinite(entry["loss"]) and grad_ok):
             raise self._stop("non-finite", self._blame(n, entry, image))
