@@ -42,7 +42,7 @@ def device() -> torch.device:
 #: The functions the notebook defines in its cells: the algorithm, and the extras of "Going further".
 NOTEBOOK_FUNCTIONS = ("features", "content_loss", "gram_matrix", "style_loss", "content_targets_of",
                       "style_targets_of", "total_variation", "total_loss", "luminance_transfer",
-                      "match_color_histogram", "masked_gram", "masked_style_loss")
+                      "match_color_histogram", "masked_gram", "masked_style_loss", "stylize")
 
 
 @pytest.fixture(scope="session")

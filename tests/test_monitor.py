@@ -1,9 +1,5 @@
-"""The run monitor (nst_utils.Monitor, StopRun, RunResult), driven the way the notebook drives it.
-
-`stylize_like_the_notebook` is a copy of the notebook's `stylize` loop: L-BFGS with
-max_iter=num_evals, a strong-Wolfe line search and zero tolerances, a closure that calls
-`monitor.update`, and `while not monitor.done: try: step except StopRun: break except
-KeyboardInterrupt: monitor.interrupt()`. The problems are tiny ([1, 3, 8, 8] tensors on the
+"""The run: the notebook's own `stylize` (from the `nb` fixture), nst.Monitor (the record and the
+stops) and nst.Progress (how it is shown). The problems are tiny ([1, 3, 8, 8] tensors on the
 `device` fixture), so each run takes milliseconds.
 """
 
@@ -11,392 +7,383 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import sys
+import time
+import types
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import nst_utils as nst
 from nst_utils import Monitor, NSTError, ParameterError, RunResult, StopRun
 
 SHAPE = (1, 3, 8, 8)
 
 
-class Seen(list):
-    image: torch.Tensor
-
-
-def stylize_like_the_notebook(init, loss_fn, monitor, num_evals, lr=1.0):
-    """The notebook's loop; returns (image iterate, loss) of every evaluation, recorded here independently,
-    in a list whose ``image`` is the tensor that L-BFGS optimised."""
-    image = init.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([image], lr=lr, max_iter=num_evals, history_size=50,
-                                  line_search_fn="strong_wolfe", tolerance_grad=0, tolerance_change=0)
-    seen = Seen()
-    seen.image = image
-
-    def closure():
-        optimizer.zero_grad()
-        loss, parts = loss_fn(image)
-        loss.backward()
-        seen.append((image.detach().clone(), float(loss.detach())))
-        monitor.update(image, loss, parts)
-        return loss
-
-    steps = 0
-    while not monitor.done:
-        steps += 1
-        assert steps < 2000, "the loop never ended: the monitor did not stop the run"
-        try:
-            optimizer.step(closure)
-        except StopRun:
-            break
-        except KeyboardInterrupt:
-            monitor.interrupt()
-    return seen
-
-
-def quiet(num_evals, **kwargs):
-    """A Monitor that logs into a list (no printing unless asked) and does not stall unless asked."""
-    lines: list[str] = []
-    kwargs.setdefault("print_every", 0)
-    kwargs.setdefault("stall_patience", 10_000)
-    return Monitor(num_evals, log=lines.append, **kwargs), lines
+@pytest.fixture(autouse=True)
+def sigint():
+    """Ctrl-C as each test found it: an interrupt ignores it for 2 s after."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def tensors(device, seed=0):
-    """(start image, target) on ``device``; the target reaches outside 0..1 so that clipping matters."""
+    """(start image, target) on ``device``; the target reaches outside 0..1: clipping matters."""
     g = torch.Generator().manual_seed(seed)
-    start = torch.rand(SHAPE, generator=g)
-    target = torch.rand(SHAPE, generator=g) * 1.6 - 0.3
+    start, target = torch.rand(SHAPE, generator=g), torch.rand(SHAPE, generator=g) * 1.6 - 0.3
     return start.to(device), target.to(device)
 
 
 def smoothness(x):
-    """Mean squared difference between neighbouring pixels (a total variation)."""
     return x.diff(dim=-1).pow(2).mean() + x.diff(dim=-2).pow(2).mean()
 
 
-def ill_conditioned(target):
-    """A quadratic whose curvature spans four decades: L-BFGS keeps improving for many evaluations."""
+def quadratic(target):
+    """A quadratic whose curvature spans four decades: L-BFGS improves for many evaluations."""
     scale = torch.logspace(-2, 2, target.numel(), device=target.device).reshape(target.shape)
 
-    def loss_fn(x):
-        content = (scale * (x - target).pow(2)).mean()
-        smooth = smoothness(x)
-        return content + 0.01 * smooth, {"content": content, "tv": smooth}
-
+    def loss_fn(x, n=0):
+        content, tv = (scale * (x - target).pow(2)).mean(), smoothness(x)
+        return content + 0.01 * tv, {"content": content, "tv": tv}
     return loss_fn
 
 
-def counting(loss_fn):
-    """Wraps ``loss_fn`` so that it also receives the 1-based number of the evaluation."""
-    calls = [0]
+def run(stylize, start, loss_fn, num_evals, **options):
+    """``stylize(start, ...)`` with ``loss_fn(x, n)`` (n: the evaluation, from 1), logging into
+    ``.lines``; ``.seen``: (iterate, loss) of each evaluation; ``.image``: the tensor optimised."""
+    rec = types.SimpleNamespace(lines=[], seen=[], image=None)
 
-    def wrapped(x):
-        calls[0] += 1
-        return loss_fn(x, calls[0])
-
-    return wrapped
+    def recording(x):
+        loss, parts = loss_fn(x, len(rec.seen) + 1)
+        rec.seen.append((x.detach().clone(), float(loss.detach())))
+        rec.image = x
+        return loss, parts
+    options = {"print_every": 0, "stall_patience": 10_000, "log": rec.lines.append, **options}
+    try:
+        with warnings.catch_warnings():  # a warning would show in the notebook's output
+            warnings.simplefilter("error")
+            rec.result = stylize(start, recording, num_evals, **options)
+    except KeyboardInterrupt:  # caught so that a failure does not end the pytest session
+        pytest.fail("a KeyboardInterrupt escaped stylize")
+    return rec
 
 
 def best_of(seen, upto=None):
-    """The iterate with the lowest loss among the first ``upto`` evaluations."""
+    """The iterate with the lowest loss among the first ``upto`` evaluations, clipped."""
     seen = seen[:upto]
-    return seen[int(np.argmin([loss for _, loss in seen]))][0]
+    return seen[int(np.argmin([loss for _, loss in seen]))][0].clamp(0, 1)
 
 
-def words(message):
-    return set(re.findall(r"[a-z_]+", message.lower()))
+def words(lines) -> set[str]:
+    return set(re.findall(r"[a-z_]+", " ".join(lines).lower()))
 
 
-# --------------------------------------------------------------------------- budget, history, best image, frames
+# --------------------------------------------------------------------------- budget, record, best
 
 
-def test_stops_exactly_at_the_budget_with_one_history_entry_per_evaluation(device):
+def test_a_run_stops_at_its_budget_with_one_record_per_evaluation(nb, device):
     start, target = tensors(device)
-    monitor, _ = quiet(30)
-    seen = stylize_like_the_notebook(start, ill_conditioned(target), monitor, 30)
-    assert len(seen) == 30 and monitor.evaluations == 30 and monitor.done
-    res = monitor.result()
-    assert isinstance(res, RunResult) and res.stop_reason == "budget" and res.evaluations == 30
-    history = res.history
-    assert [h["eval"] for h in history] == list(range(1, 31))
-    seconds = [h["seconds"] for h in history]
-    assert seconds[0] >= 0 and all(b >= a for a, b in zip(seconds, seconds[1:]))
-    assert res.seconds >= seconds[-1]
-    assert [h["loss"] for h in history] == pytest.approx([loss for _, loss in seen])
-    assert all({"content", "tv"} <= set(h) and isinstance(h["content"], float) for h in history)
-    assert history[-1]["loss"] < history[0]["loss"] / 10, "a real optimisation made real progress"
-    assert res.changed is True
-    assert "30 evaluations" in repr(res) and "budget" in repr(res)
+    r = run(nb["stylize"], start, quadratic(target), 30)
+    res = r.result
+    assert isinstance(res, RunResult) and res.stop_reason == "budget"
+    assert len(r.seen) == res.evaluations == 30 and res.changed is True
+    assert [h["eval"] for h in res.history] == list(range(1, 31))
+    seconds = [h["seconds"] for h in res.history]
+    assert 0 <= seconds[0] and seconds == sorted(seconds) and res.seconds >= seconds[-1]
+    assert [h["loss"] for h in res.history] == pytest.approx([loss for _, loss in r.seen])
+    assert all(isinstance(h["content"], float) and "tv" in h for h in res.history)
+    assert res.history[-1]["loss"] < res.history[0]["loss"] / 10, "real progress"
+    assert "30" in repr(res) and "budget" in repr(res)
+    summary = res.summary()  # for the JSON file: everything but the pictures
+    assert not {"image", "frames"} & set(summary) and "history" in summary
+    assert json.loads(json.dumps(summary, allow_nan=False))["evaluations"] == 30
 
 
-def test_best_image_is_the_lowest_loss_iterate_and_a_copy(device):
+def test_the_picture_is_the_lowest_loss_iterate_and_a_copy(nb, device):
     start, target = tensors(device)
-    quadratic = ill_conditioned(target)
 
-    def bumped(x, n):  # from evaluation 4 on the loss carries +100, so the best is an early iterate
-        loss, parts = quadratic(x)
-        return (loss + 100.0 if n >= 4 else loss), parts
-
-    monitor, _ = quiet(12)
-    seen = stylize_like_the_notebook(start, counting(bumped), monitor, 12)
-    res = monitor.result()
-    assert res.best_loss == pytest.approx(min(loss for _, loss in seen))
-    torch.testing.assert_close(res.image, best_of(seen).clamp(0, 1))
-    assert not torch.equal(res.image, seen[-1][0].clamp(0, 1))
+    def bumped(x, n):  # from evaluation 4 on the loss carries +100: the best is an early one
+        loss, parts = quadratic(target)(x)
+        return loss + 100.0 * (n >= 4), parts
+    r = run(nb["stylize"], start, bumped, 12)
+    res = r.result
+    assert res.best_loss == pytest.approx(min(loss for _, loss in r.seen))
+    torch.testing.assert_close(res.image, best_of(r.seen))
+    assert not torch.equal(res.image, r.seen[-1][0].clamp(0, 1))
     assert res.image.device.type == device.type and not res.image.requires_grad
-    assert float(res.image.min()) >= 0 and float(res.image.max()) <= 1
+    assert 0 <= float(res.image.min()) and float(res.image.max()) <= 1
     kept = res.image.clone()
     with torch.no_grad():
-        seen.image.fill_(0.5)  # the optimised tensor changing later does not change the kept picture
-    assert torch.equal(monitor.result().image, kept)
+        r.image.fill_(0.5)  # the optimised tensor changing later does not change the picture
+    assert torch.equal(res.image, kept)
 
 
-def test_frames_every_k_are_clipped_uint8_pictures_of_the_iterates(device):
+def test_frames_every_k_are_clipped_uint8_pictures_of_the_iterates(nb, device):
     start, target = tensors(device)
-    monitor, _ = quiet(10, frame_every=3)
-    seen = stylize_like_the_notebook(start, ill_conditioned(target), monitor, 10)
-    frames = monitor.result().frames
-    assert len(frames) == 3  # evaluations 3, 6 and 9
-    for frame, n in zip(frames, (3, 6, 9)):
-        assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.shape == (8, 8, 3)
-        expected = (seen[n - 1][0][0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round()
+    r = run(nb["stylize"], start, quadratic(target), 10, frame_every=3)
+    assert len(r.result.frames) == 3  # evaluations 3, 6 and 9
+    for frame, n in zip(r.result.frames, (3, 6, 9), strict=True):
+        assert frame.dtype == np.uint8 and frame.shape == (8, 8, 3)
+        expected = (r.seen[n - 1][0][0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round()
         assert np.abs(frame.astype(int) - expected).max() <= 1
-    assert any(seen[n - 1][0].max() > 1 or seen[n - 1][0].min() < 0 for n in (3, 6, 9)), "clipping was exercised"
-    monitor, _ = quiet(4)
-    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 4)
-    assert monitor.result().frames == [], "frame_every=0 (the default) keeps no frames"
+    assert any(not 0 <= float(r.seen[n - 1][0].min()) <= float(r.seen[n - 1][0].max()) <= 1
+               for n in (3, 6, 9)), "clipping was exercised"
+    assert run(nb["stylize"], start, quadratic(target), 4).result.frames == [], "default: none"
 
 
-def test_progress_is_printed_every_k_through_log(device):
+def test_progress_is_printed_every_k_then_the_outcome(nb, device):
     start, target = tensors(device)
-    monitor, lines = quiet(10, print_every=5)
-    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 10)
-    progress = [line for line in lines if line.startswith("eval")]
-    assert len(progress) == 3 and lines == progress  # evaluations 1, 5, 10; nothing else for a budget stop
-    for line, n in zip(progress, (1, 5, 10)):
-        assert f"{n}/10" in line and "loss" in line and "content" in line and "tv" in line
+    lines = run(nb["stylize"], start, quadratic(target), 10, print_every=5).lines
+    assert len(lines) == 4, lines  # evaluations 1, 5 and 10, then how it ended
+    for line, n in zip(lines[:3], (1, 5, 10), strict=True):
+        assert f"{n}/10" in line and {"loss", "content", "tv"} <= words([line])
+    assert "budget" in lines[-1]
 
 
-# --------------------------------------------------------------------------- what stops a run, and what it says
+def test_progress_on_its_own():
+    lines = []
+    progress = nst.Progress(4, print_every=2, unit="step", log=lines.append)
+    for n in range(1, 5):
+        progress.show(n, {"loss": 1.0 / n})
+    progress.close("done")
+    assert len(lines) == 4 and all("step" in line for line in lines[:3]) and lines[3] == "done"
+    assert "2/4" in lines[1] and "0.5" in lines[1]
+    for name, value in [("print_every", -1), ("preview_every", 1.5), ("live", "maybe")]:
+        with pytest.raises(ParameterError, match=name):
+            nst.Progress(4, **{name: value})
 
 
-def test_non_finite_loss_stops_and_keeps_the_best(device):
+# --------------------------------------------------------------------------- what stops a run
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_best(nb, device):
     start, target = tensors(device)
-    quadratic = ill_conditioned(target)
 
     def goes_nan(x, n):
-        loss, parts = quadratic(x)
-        return (loss * float("nan") if n >= 5 else loss), parts
-
-    monitor, lines = quiet(50)
-    seen = stylize_like_the_notebook(start, counting(goes_nan), monitor, 50)
-    assert len(seen) == 5 and monitor.evaluations == 4, "the non-finite evaluation is not recorded"
-    res = monitor.result()
-    assert res.stop_reason == "non-finite" and math.isfinite(res.best_loss)
-    torch.testing.assert_close(res.image, best_of(seen, 4).clamp(0, 1))
-    assert any("evaluation 5" in line and "NaN" in line for line in lines)
+        loss, parts = quadratic(target)(x)
+        return loss * (math.nan if n >= 5 else 1.0), parts
+    r = run(nb["stylize"], start, goes_nan, 50)
+    assert len(r.seen) == 5 and r.result.evaluations == 4, "the NaN evaluation is not recorded"
+    assert r.result.stop_reason == "non-finite" and math.isfinite(r.result.best_loss)
+    torch.testing.assert_close(r.result.image, best_of(r.seen, 4))
+    assert "5" in re.findall(r"\d+", " ".join(r.lines)) and "lr" in words(r.lines)
 
 
-def test_the_message_names_the_part_that_became_non_finite(device):
+def test_the_message_names_the_part_that_became_non_finite(nb, device):
     start, target = tensors(device)
 
     def tv_breaks(x, n):
-        content = (x - target).pow(2).mean()
-        tv = smoothness(x) * (float("nan") if n >= 3 else 1.0)
+        content, tv = (x - target).pow(2).mean(), smoothness(x) * (math.nan if n >= 3 else 1.0)
         return content + 0.1 * tv, {"content": content, "style": content * 0 + 2.0, "tv": tv}
-
-    monitor, lines = quiet(20)
-    stylize_like_the_notebook(start, counting(tv_breaks), monitor, 20)
-    assert monitor.stop_reason == "non-finite" and monitor.evaluations == 2
-    message = " ".join(lines)
-    assert "tv" in words(message) and "tv_weight" in words(message)
-    assert not {"style_weight", "content_weight", "lr"} & words(message), message
+    r = run(nb["stylize"], start, tv_breaks, 20)
+    assert r.result.stop_reason == "non-finite" and r.result.evaluations == 2
+    assert "tv_weight" in words(r.lines)
+    assert not {"style_weight", "content_weight", "lr"} & words(r.lines), r.lines
 
 
-def test_a_diverging_image_blames_the_step_size(device):
+def test_a_diverging_image_blames_the_step_size(nb, device):
     start, _ = tensors(device)
-    monitor, lines = quiet(2000)
-    seen = stylize_like_the_notebook(start, lambda x: (-x.pow(2).sum(), {"content": x.pow(2).mean()}), monitor,
-                                     2000, lr=1e6)
-    assert monitor.stop_reason == "non-finite" and len(seen) < 2000
-    assert "lr" in words(" ".join(lines)) and "diverged" in " ".join(lines)
+    r = run(nb["stylize"], start, lambda x, n: (-x.pow(2).sum(), {"content": x.pow(2).mean()}),
+            2000, lr=1e6)
+    assert r.result.stop_reason == "non-finite" and len(r.seen) < 2000
+    assert "lr" in words(r.lines) and not {"style_weight", "content_weight"} & words(r.lines)
 
 
-class _NaNGradient(torch.autograd.Function):
-    """Identity forward; a NaN gradient backward (like sqrt at 0 or a broken custom layer)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
-
-
-def test_non_finite_gradient_stops_and_keeps_the_best(device):
+def test_a_non_finite_gradient_stops_and_keeps_the_best(nb, device):
     start, target = tensors(device)
-    quadratic = ill_conditioned(target)
-
-    def bad_gradient(x, n):
-        return quadratic(_NaNGradient.apply(x) if n >= 4 else x)
-
-    monitor, lines = quiet(50)
-    seen = stylize_like_the_notebook(start, counting(bad_gradient), monitor, 50)
-    assert monitor.stop_reason == "non-finite" and len(seen) == 4 and monitor.evaluations == 3
-    assert math.isfinite(seen[-1][1]), "the loss itself stayed finite"
-    assert any("gradient" in line for line in lines)
-    torch.testing.assert_close(monitor.result().image, best_of(seen, 3).clamp(0, 1))
+    def nan_gradient(x, n):  # like sqrt at 0, or a broken custom layer
+        y = x * 1.0
+        if n >= 4:
+            y.register_hook(lambda grad: grad * math.nan)
+        return quadratic(target)(y)
+    r = run(nb["stylize"], start, nan_gradient, 50)
+    assert r.result.stop_reason == "non-finite" and len(r.seen) == 4 and r.result.evaluations == 3
+    assert math.isfinite(r.seen[-1][1]) and "lr" in words(r.lines), "the loss stayed finite"
+    torch.testing.assert_close(r.result.image, best_of(r.seen, 3))
 
 
-def test_a_non_finite_first_evaluation_leaves_no_result(device):
+def test_a_non_finite_first_evaluation_raises(nb, device):
     start, _ = tensors(device)
-    monitor, _ = quiet(10)
-    stylize_like_the_notebook(start, lambda x: (x.sum() * float("inf"), {}), monitor, 10)
-    assert monitor.stop_reason == "non-finite" and monitor.evaluations == 0
-    with pytest.raises(NSTError, match="no finite evaluation"):
-        monitor.result()
+    with pytest.raises(NSTError) as info:
+        nb["stylize"](start, lambda x: (x.sum() * math.inf, {}), 10, print_every=0)
+    assert "lr" in words([str(info.value)])
+
+
+def test_out_of_memory_names_the_size_to_lower(nb, device):
+    def oom(x):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(NSTError, match="image_size"):
+        nb["stylize"](tensors(device)[0], oom, 10, print_every=0)
 
 
 @pytest.mark.parametrize("loss_at, patience, reason, evaluations", [
-    (lambda n: 1.0, 5, "stalled", 6),                   # nothing after evaluation 1: the 5th idle one stops
-    (lambda n: 1.0 - 1e-7 * n, 4, "stalled", 5),        # improvements below stall_rtol=1e-5 do not count
-    (lambda n: 1.0 - 4e-6 * n, 4, "budget", 20),        # each step is below rtol, but 3 of them are not
-    (lambda n: 1.0 / n, 3, "budget", 20),               # real progress
+    (lambda n: 1.0, 5, "stalled", 6),             # nothing after evaluation 1: the 5th idle stops
+    (lambda n: 1.0 - 1e-7 * n, 4, "stalled", 5),  # improvements below stall_rtol=1e-5 do not count
+    (lambda n: 1.0 - 4e-6 * n, 4, "budget", 20),  # each step is below rtol, but 3 of them are not
+    (lambda n: 1.0 / n, 3, "budget", 20),         # real progress
 ], ids=["constant", "below-rtol", "slow-but-steady", "progress"])
-def test_stall_after_patience(device, loss_at, patience, reason, evaluations):
-    start, _ = tensors(device)
-    monitor, lines = quiet(20, stall_patience=patience, stall_rtol=1e-5)
-    seen = stylize_like_the_notebook(start, counting(lambda x, n: (x.sum() * 0 + loss_at(n), {})), monitor, 20)
-    assert monitor.stop_reason == reason and monitor.evaluations == evaluations == len(seen)
-    assert monitor.best_loss == pytest.approx(min(loss for _, loss in seen), rel=0, abs=1e-9)
-    assert any("not improved" in line for line in lines) == (reason == "stalled")
-
-
-def test_interrupt_keeps_the_best_image(device):
-    start, target = tensors(device)
-    quadratic = ill_conditioned(target)
-
-    def pressed_at_5(x, n):
-        if n == 5:
-            raise KeyboardInterrupt
-        return quadratic(x)
-
-    monitor, lines = quiet(50)
-    try:
-        seen = stylize_like_the_notebook(start, counting(pressed_at_5), monitor, 50)
-    except KeyboardInterrupt:  # caught so that a failure does not end the pytest session
-        pytest.fail("the KeyboardInterrupt escaped the notebook's loop")
-    assert len(seen) == 4 and monitor.evaluations == 4
-    res = monitor.result()
-    assert res.stop_reason == "interrupted"
-    torch.testing.assert_close(res.image, best_of(seen).clamp(0, 1))
-    assert any("interrupted" in line for line in lines)
-    monitor.interrupt()  # a second press after the stop changes nothing
-    assert monitor.stop_reason == "interrupted"
-
-
-def test_update_after_the_run_ended_raises_stop_run(device):
-    start, target = tensors(device)
-    monitor, _ = quiet(3)
-    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 3)
-    x = start.clone().requires_grad_(True)
-    with pytest.raises(StopRun) as info:
-        monitor.update(x, x.sum())
-    assert "already stopped (budget)" in str(info.value) and monitor.evaluations == 3
+def test_a_run_stalls_after_patience(nb, device, loss_at, patience, reason, evaluations):
+    r = run(nb["stylize"], tensors(device)[0], lambda x, n: (x.sum() * 0 + loss_at(n), {}), 20,
+            stall_patience=patience, stall_rtol=1e-5)
+    assert r.result.stop_reason == reason and r.result.evaluations == evaluations == len(r.seen)
+    assert r.result.best_loss == pytest.approx(min(loss for _, loss in r.seen), rel=0, abs=1e-9)
+    assert ("lr" in words(r.lines)) == (reason == "stalled"), "a stall says what to change"
 
 
 @pytest.mark.parametrize("case", ["loss-constant-in-the-image", "already-at-the-minimum"])
-def test_an_unchanged_picture_is_reported(device, case):
+@pytest.mark.parametrize("num_evals", [8, 30])
+def test_an_unchanged_picture_gets_a_note_fitting_the_budget(nb, device, case, num_evals):
     start, target = tensors(device)
-    if case == "loss-constant-in-the-image":
-        loss_fn = lambda x: (x.sum() * 0 + 3.0, {"content": 3.0})  # noqa: E731
-    else:  # the content image with style_weight=0: gradient zero from the start
-        target = start
-        loss_fn = lambda x: ((x - target).pow(2).mean(), {"content": (x - target).pow(2).mean()})  # noqa: E731
-    monitor, lines = quiet(8)
-    stylize_like_the_notebook(start, loss_fn, monitor, 8)
-    res = monitor.result()
-    assert res.changed is False
-    note = [line for line in lines if "did not change" in line]
-    assert len(note) == 1 and "style_weight" in note[0] and "noise" in note[0]
+    # already at the minimum: like the content image with style_weight=0 (gradient 0)
+    weight = float(case == "already-at-the-minimum")
+    r = run(nb["stylize"], start, lambda x, n: ((x - start).pow(2).mean() * weight + 3, {}),
+            num_evals)
+    changed = run(nb["stylize"], start, quadratic(target), num_evals)
+    assert r.result.changed is False and changed.result.changed is True
+    assert len(r.lines) == len(changed.lines) + 1, "one note, after the outcome"
+    assert str(num_evals) in r.lines[-1]
+    assert ("style_weight" in words(r.lines)) == (num_evals >= 20), "few evaluations: the budget"
 
 
-def test_summary_has_no_pictures_and_is_json(device):
+# --------------------------------------------------------------------------- Interrupt
+
+
+def pressed(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("at", [0, 1, 5])  # 0: while LBFGS is being built
+def test_interrupt_at_any_moment_keeps_the_best_image_so_far(nb, device, monkeypatch, tmp_path,
+                                                            at):
     start, target = tensors(device)
-    monitor, _ = quiet(6, frame_every=2)
-    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
-    res = monitor.result()
-    summary = res.summary()
-    assert "image" not in summary and "frames" not in summary and len(res.frames) == 3
-    assert {"best_loss", "history", "stop_reason", "seconds", "evaluations", "changed"} <= set(summary)
-    assert json.loads(json.dumps(summary, allow_nan=False))["evaluations"] == 6
-    if device.type == "cuda":
-        assert summary["peak_memory_mb"] > 0
-    else:
-        assert summary["peak_memory_mb"] is None
+    if at == 0:
+        monkeypatch.setattr(torch.optim, "LBFGS", pressed)
+
+    def loss_fn(x, n):
+        return pressed() if n == at else quadratic(target)(x)
+    r = run(nb["stylize"], start, loss_fn, 50)
+    res = r.result
+    assert res.stop_reason == "interrupted" and res.evaluations == len(r.seen) == max(at - 1, 0)
+    torch.testing.assert_close(res.image, best_of(r.seen) if r.seen else start.clamp(0, 1))
+    assert "interrupted" in " ".join(r.lines)
+    if not r.seen:  # no advice that does not fit: the weights and lr had nothing to do with it
+        assert not {"lr", "style_weight", "content_weight", "budget"} & words(r.lines), r.lines
+        assert res.changed is False and repr(res)
+        nst.OutputDir(tmp_path).save_json(res.summary(), "run.json")  # the notebook saves it
+
+
+def press() -> bool:
+    """Ctrl-C now, as the Interrupt button sends it; whether it was absorbed."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        return False
+    return True
+
+
+def test_a_second_interrupt_soon_after_is_absorbed_in_this_and_the_next_cells(nb, device,
+                                                                             monkeypatch):
+    registered = []  # the kernel's pre_run_cell callbacks
+    events = types.SimpleNamespace(register=lambda event, f: registered.append(f),
+                                   unregister=lambda event, f: registered.remove(f))
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: types.SimpleNamespace(events=events)
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setattr(torch.optim, "LBFGS", pressed)
+    pressed_at = time.monotonic()
+    assert run(nb["stylize"], tensors(device)[0], quadratic(tensors(device)[1]), 10).result
+    assert press(), "a second press in the same cell"
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the kernel, before the next cell
+    for callback in list(registered):
+        callback(None)
+    assert press(), "a second press in the next cell"
+    time.sleep(max(0.0, pressed_at + 2.05 - time.monotonic()))
+    assert not press(), "after 2 s Ctrl-C interrupts again"
+    for callback in list(registered):
+        callback(None)
+    assert registered == [], "and the next cells are left alone"
+
+
+def test_a_monitor_after_its_stop(device):
+    start, _ = tensors(device)
+    lines = []
+    monitor = Monitor(start, 3, print_every=0, log=lines.append)
+    x = start.clone().requires_grad_(True)
+    for _ in range(2):
+        monitor.update(x, x.sum())
+    monitor.interrupt()
+    monitor.interrupt()  # a second press changes nothing
+    assert monitor.done and monitor.stop_reason == "interrupted" and len(lines) == 2
+    with pytest.raises(StopRun):
+        monitor.update(x, x.sum())
+    assert monitor.evaluations == 2 and monitor.result().evaluations == 2
 
 
 # --------------------------------------------------------------------------- live mode
 
 
-def test_live_mode_shows_a_bar_and_one_preview_updated_in_place(device, capsys, monkeypatch):
+@pytest.fixture
+def shown(monkeypatch):
+    """What IPython's display showed: ("display" or "update", object, raw)."""
     import IPython.display
 
-    shown = []
+    calls = []
 
     class Handle:
-        def update(self, obj):
-            shown.append(("update", obj))
+        def update(self, obj, raw=False):
+            calls.append(("update", obj, raw))
 
-    def fake_display(obj, display_id=False):
-        shown.append(("display", obj))
+    def display(obj, raw=False, display_id=None):
+        calls.append(("display", obj, raw))
         return Handle() if display_id else None
+    monkeypatch.setattr(IPython.display, "display", display)
+    return calls
 
-    monkeypatch.setattr(IPython.display, "display", fake_display)
+
+def test_live_mode_updates_one_line_and_one_preview_in_place(nb, device, shown, capsys):
     start, target = tensors(device)
-    monitor, lines = quiet(6, live=True, preview_every=2, print_every=1)
-    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
-    assert monitor.stop_reason == "budget" and lines == [], "live mode replaces the log lines"
-    assert "6/6" in capsys.readouterr().err, "a tqdm bar counted the evaluations"
-    assert [kind for kind, _ in shown] == ["display", "update", "update", "update"]  # evaluations 1, 2, 4, 6
-    assert all(obj.mode == "RGB" and obj.size == (8, 8) for _, obj in shown)
+    r = run(nb["stylize"], start, quadratic(target), 6, live=True, preview_every=2, print_every=1)
+    assert r.result.stop_reason == "budget" and r.lines == [], "live mode replaces the log lines"
+    assert capsys.readouterr().err == "", "no progress bar"
+    texts = [(kind, obj) for kind, obj, raw in shown if isinstance(obj, dict)]
+    pictures = [(kind, obj) for kind, obj, raw in shown if not isinstance(obj, dict)]
+    assert all(raw for _, obj, raw in shown if isinstance(obj, dict)), "plain text, no widget"
+    assert [kind for kind, _ in texts] == ["display"] + ["update"] * (len(texts) - 1)
+    assert "1/6" in texts[0][1]["text/plain"] and "6/6" in texts[-2][1]["text/plain"]
+    assert "budget" in texts[-1][1]["text/plain"], "the line ends with the outcome"
+    assert [kind for kind, _ in pictures] == ["display", "update", "update", "update"]  # 1, 2, 4, 6
+    assert all(obj.mode == "RGB" and obj.size == (8, 8) for _, obj in pictures)
 
 
-def test_live_mode_outside_a_notebook_never_crashes(device, capsys, monkeypatch):
+@pytest.mark.parametrize("ipython", ["installed, no shell", "missing"])
+def test_live_mode_outside_a_notebook_prints_lines(nb, device, capsys, monkeypatch, ipython):
+    if ipython == "missing":
+        monkeypatch.setitem(sys.modules, "IPython", None)
+        monkeypatch.setitem(sys.modules, "IPython.display", None)
     start, target = tensors(device)
-    # IPython installed but no shell: display() prints once and gives no handle to update
-    monitor, _ = quiet(6, live=True, preview_every=1)
-    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
-    assert monitor.result().evaluations == 6
+    r = run(nb["stylize"], start, quadratic(target), 6, live=True, preview_every=1, print_every=2)
+    assert r.result.evaluations == 6
+    shown = {m[1] for line in r.lines for m in [re.search(r"(\d+)/6", line)] if m}
+    assert {"2", "4", "6"} <= shown <= {"1", "2", "4", "6"}, r.lines  # every print_every
     assert capsys.readouterr().out.count("PIL.Image") <= 1
-    # no IPython at all: progress lines instead
-    monkeypatch.setitem(sys.modules, "IPython", None)
-    monkeypatch.setitem(sys.modules, "IPython.display", None)
-    monitor, lines = quiet(6, live=True, preview_every=1, print_every=2)
-    stylize_like_the_notebook(start, ill_conditioned(target), monitor, 6)
-    assert monitor.result().evaluations == 6 and len([line for line in lines if line.startswith("eval")]) == 4
-
-
-# --------------------------------------------------------------------------- arguments
 
 
 @pytest.mark.parametrize("name, value", [
-    ("num_evals", 0), ("num_evals", -1), ("num_evals", 2.5), ("num_evals", True), ("num_evals", "10"),
-    ("num_evals", None), ("frame_every", -1), ("print_every", -1), ("preview_every", -1), ("frame_every", 1.5),
-    ("stall_patience", 0), ("stall_rtol", -1.0), ("stall_rtol", float("nan")), ("live", "maybe"), ("live", None),
-    ("live", 2),
+    ("num_evals", 0), ("num_evals", -1), ("num_evals", 2.5), ("num_evals", True),
+    ("num_evals", "10"), ("num_evals", None), ("frame_every", -1), ("frame_every", 1.5),
+    ("print_every", -1), ("preview_every", -1), ("stall_patience", 0), ("stall_rtol", -1.0),
+    ("stall_rtol", math.nan), ("live", "maybe"), ("live", None), ("live", 2),
 ])
 def test_bad_arguments_are_refused(name, value):
-    kwargs = {"num_evals": 10, name: value}
-    with pytest.raises(ParameterError, match=name):
-        Monitor(**kwargs)
-
-
-def test_result_before_any_evaluation():
-    with pytest.raises(NSTError, match="not started"):
-        Monitor(10).result()
+    with pytest.raises(ParameterError) as info:
+        Monitor(torch.rand(SHAPE), **{"num_evals": 10, name: value})
+    assert name in str(info.value) and repr(value) in str(info.value)
+    with pytest.raises(ParameterError, match="start"):
+        Monitor(torch.rand(3, 8, 8), 10)
