@@ -32,8 +32,11 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert loss0 < 5.0, "the optimisation lowered the loss from the content image's (about 5)"
 
 
-def test_ci_runs_the_readme_test_command():
-    command = re.search(r"Tests \(what CI runs[^\n]*:\n\n```bash\n(.*?)\n```", README, re.S).group(1).strip()
-    assert command == "python -m pytest -q"
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "python3 -m pytest -q" in ci and "requirements.txt" in ci and "gifsicle" in ci
+def test_the_quick_start_commands_are_the_ones_ci_runs():
+    quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    main_job, tests = re.findall(r"```bash\n(.*?)\n```", quick, re.S)
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").replace("python3 ", "python ")
+    setup, command = (step.strip() for step in tests.split("&&"))
+    assert "-r requirements.txt" in setup and "-r requirements.txt" in ci
+    assert command in ci  # the same test command
+    assert "papermill style_transfer.ipynb" in main_job and "requirements.txt" in main_job
