@@ -181,10 +181,7 @@ def test_refusals_show_a_valid_choice(refused):
     assert any(repr(layer) in message for layer in nst.VGG19_LAYERS)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=NameError, reason="notebook: "
-                 "its KNOBS cell reads `sections` before check_settings can name it"))
-    if name == "sections" else name for name in DEFAULTS])
+@pytest.mark.parametrize("name", list(DEFAULTS))
 def test_a_knob_the_parameters_cell_lost_is_named(refused, name):
     refused(**{name: MISSING})
 
@@ -203,8 +200,6 @@ def test_both_loss_weights_zero_are_refused(refused, set_up):
     assert (cfg.content_weight, cfg.style_weight, cfg.tv_weight) == (0.0, 5.0, 2.0)
 
 
-@pytest.mark.xfail(strict=True, reason="notebook: its check cell refuses both weights 0 after "
-                   "nst.check_settings has created output_dir")
 def test_both_loss_weights_zero_create_nothing(refused):
     refused(content_weight=0, style_weight=0)
 
