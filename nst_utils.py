@@ -258,7 +258,9 @@ def _checked_url(url: str) -> str:
 
 class _HttpsOnly(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not _allowed(urllib.parse.urlsplit(newurl)):
+        new, old = urllib.parse.urlsplit(newurl), urllib.parse.urlsplit(req.full_url)
+        inward = old.scheme.lower() == "https" != new.scheme.lower()  # to a loopback http server
+        if not _allowed(new) or inward:
             raise ImageError(f"{req.full_url}: redirects to {newurl}, which is not https://")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -647,9 +649,10 @@ class OutputDir:
         if path.is_dir():
             raise ParameterError(f"{path}: is a folder; give a file name")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # checked before mkdir, which would create folders outside through such a link
             if not path.parent.resolve().is_relative_to(self.folder.resolve()):
                 raise ParameterError(f"{path}: its folder is a link out of {self.folder}")
+            path.parent.mkdir(parents=True, exist_ok=True)
             return _write_new(path, bytes(data), self.overwrite, self.protect, siblings)
         except OSError as exc:
             raise ParameterError(f"{path}: cannot write there ({_why(exc)}). Free some space or "
