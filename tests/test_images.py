@@ -1,4 +1,5 @@
-"""Images: load_image (files and URLs), image_to_tensor / tensor_to_image, show_images, load_mask, ask_for_pictures.
+"""Images: load_image (files and URLs), image_to_tensor / tensor_to_image, show_images, load_mask,
+ask_for_pictures.
 
 Broken files and decompression bombs are in test_robustness.py; saving is in the saving tests.
 """
@@ -33,11 +34,16 @@ def _pixel(img: Image.Image, xy) -> np.ndarray:
 
 
 def _opened(path) -> Image.Image:
-    """The file as Pillow reads it (fully loaded, file closed again), with its mode and frame count."""
+    """The file as Pillow reads it (fully loaded, file closed again), with its mode and frame
+    count."""
     with Image.open(path) as im:
         im.load()
         copy = im.copy()
-        copy.info, copy.n_frames, copy.file_mode = dict(im.info), getattr(im, "n_frames", 1), im.mode
+        copy.info, copy.n_frames, copy.file_mode = (
+            dict(im.info),
+            getattr(im, "n_frames", 1),
+            im.mode,
+        )
     return copy
 
 
@@ -76,7 +82,10 @@ def _marked_jpeg(path, size, block, orientation: int) -> None:
 
 @pytest.mark.parametrize(
     "orientation, red_corner",
-    [(6, "top-right"), (8, "bottom-left")],  # 6: rotate 90 deg clockwise to display; 8: counter-clockwise
+    [
+        (6, "top-right"),
+        (8, "bottom-left"),
+    ],  # 6: rotate 90 deg clockwise to display; 8: counter-clockwise
 )
 def test_exif_orientation_is_applied(tmp_path, orientation, red_corner):
     path = tmp_path / f"exif{orientation}.jpg"
@@ -85,13 +94,20 @@ def test_exif_orientation_is_applied(tmp_path, orientation, red_corner):
     img = nst_utils.load_image(path)
     assert img.size == (40, 60), "a 90-degree EXIF rotation must swap width and height"
     w, h = img.size
-    corners = {"top-left": (5, 5), "top-right": (w - 6, 5), "bottom-left": (5, h - 6), "bottom-right": (w - 6, h - 6)}
+    corners = {
+        "top-left": (5, 5),
+        "top-right": (w - 6, 5),
+        "bottom-left": (5, h - 6),
+        "bottom-right": (w - 6, h - 6),
+    }
     for name, xy in corners.items():
         r, g, b = _pixel(img, xy)
         if name == red_corner:
             assert r > 200 and g < 60 and b < 60, f"red marker expected at {name}, got {(r, g, b)}"
         else:
-            assert abs(r - 128) < 25 and abs(g - 128) < 25, f"{name} should be grey, got {(r, g, b)}"
+            assert abs(r - 128) < 25 and abs(g - 128) < 25, (
+                f"{name} should be grey, got {(r, g, b)}"
+            )
 
 
 def test_exif_orientation_survives_reduced_jpeg_decode(tmp_path):
@@ -142,7 +158,9 @@ def test_rgba_is_composited_on_the_background(tmp_path, background, half_red):
     img = nst_utils.load_image(tmp_path / "rgba.png", **kwargs)
     assert img.mode == "RGB"
     np.testing.assert_array_equal(_pixel(img, (5, 5)), (0, 0, 255))  # opaque: unchanged
-    np.testing.assert_array_equal(_pixel(img, (50, 5)), background or (255, 255, 255))  # transparent: background
+    np.testing.assert_array_equal(
+        _pixel(img, (50, 5)), background or (255, 255, 255)
+    )  # transparent: background
     np.testing.assert_allclose(_pixel(img, (30, 5)), half_red, atol=1)
 
 
@@ -167,13 +185,17 @@ def test_palette_with_transparency(tmp_path):
     img = nst_utils.load_image(tmp_path / "ptrans.png")
     np.testing.assert_array_equal(_pixel(img, (5, 5)), (255, 255, 255))
     np.testing.assert_array_equal(_pixel(img, (30, 5)), (0, 200, 0))
-    np.testing.assert_array_equal(_pixel(nst_utils.load_image(tmp_path / "ptrans.png", background=(0, 0, 0)), (5, 5)),
-                                  (0, 0, 0))
+    np.testing.assert_array_equal(
+        _pixel(nst_utils.load_image(tmp_path / "ptrans.png", background=(0, 0, 0)), (5, 5)),
+        (0, 0, 0),
+    )
 
 
 def test_cmyk_jpeg(tmp_path):
     path = tmp_path / "cmyk.jpg"
-    Image.new("CMYK", (48, 40), (0, 255, 255, 0)).save(path, quality=95)  # full magenta + yellow = red
+    Image.new("CMYK", (48, 40), (0, 255, 255, 0)).save(
+        path, quality=95
+    )  # full magenta + yellow = red
     assert _opened(path).file_mode == "CMYK"
     img = nst_utils.load_image(path)
     assert img.mode == "RGB" and img.size == (48, 40)
@@ -190,7 +212,9 @@ def test_16bit_grayscale_keeps_its_brightness(tmp_path):
     img = nst_utils.load_image(tmp_path / "gray16.png")
     assert img.mode == "RGB"
     np.testing.assert_array_equal(_pixel(img, (5, 5)), (0, 0, 0))
-    np.testing.assert_allclose(_pixel(img, (30, 5)), (128, 128, 128), atol=1)  # a naive conversion clips to 255
+    np.testing.assert_allclose(
+        _pixel(img, (30, 5)), (128, 128, 128), atol=1
+    )  # a naive conversion clips to 255
     np.testing.assert_array_equal(_pixel(img, (50, 5)), (255, 255, 255))
 
 
@@ -200,14 +224,19 @@ def test_16bit_grayscale_with_a_transparent_value_is_composited_and_masks_by_it(
     Image.fromarray(arr).save(tmp_path / "gray16.png", transparency=1000)
     assert _opened(tmp_path / "gray16.png").file_mode.startswith("I")
     img = nst_utils.load_image(tmp_path / "gray16.png", background=(10, 200, 30))
-    np.testing.assert_array_equal(_pixel(img, (30, 5)), (10, 200, 30))  # transparent: the background
-    np.testing.assert_allclose(_pixel(img, (30, 35)), (78, 78, 78), atol=1)  # 20000 / 65535 of white
+    np.testing.assert_array_equal(
+        _pixel(img, (30, 5)), (10, 200, 30)
+    )  # transparent: the background
+    np.testing.assert_allclose(
+        _pixel(img, (30, 35)), (78, 78, 78), atol=1
+    )  # 20000 / 65535 of white
     mask = nst_utils.load_mask(tmp_path / "gray16.png", (40, 60), device)
     assert float(mask[0, 0, :18].max()) == 0 and float(mask[0, 0, 22:].min()) == 1
 
 
 def _open_files_pointing_at(path: Path) -> list[str]:
-    """This process's open file descriptors that point at ``path`` (Linux; elsewhere an empty list)."""
+    """This process's open file descriptors that point at ``path`` (Linux; elsewhere an empty
+    list)."""
     if not os.path.isdir("/proc/self/fd"):
         return []
     found = []
@@ -221,32 +250,49 @@ def _open_files_pointing_at(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("ext, save_kwargs", [("gif", {}), ("webp", {"lossless": True})])
-def test_animated_image_gives_first_frame_with_warning_and_closes_the_file(tmp_path, ext, save_kwargs):
-    frames = [Image.new("RGB", (48, 40), colour) for colour in [(200, 0, 0), (0, 200, 0), (0, 0, 200)]]
+def test_animated_image_gives_first_frame_with_warning_and_closes_the_file(
+    tmp_path, ext, save_kwargs
+):
+    frames = [
+        Image.new("RGB", (48, 40), colour) for colour in [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    ]
     path = tmp_path / f"anim.{ext}"
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0, **save_kwargs)
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=100, loop=0, **save_kwargs
+    )
     assert _opened(path).n_frames == 3
-    with pytest.warns(UserWarning, match=r"anim\.%s.*3" % ext):
+    with pytest.warns(UserWarning, match=rf"anim\.{ext}.*3"):
         img = nst_utils.load_image(path)
     assert _open_files_pointing_at(path) == [], "load_image left the image file open"
     path.unlink()  # on Windows this fails while a handle is leaked
     assert img.mode == "RGB" and img.size == (48, 40)
-    np.testing.assert_allclose(_pixel(img, (10, 10)), (200, 0, 0), atol=3)  # still usable once the file is gone
+    np.testing.assert_allclose(
+        _pixel(img, (10, 10)), (200, 0, 0), atol=3
+    )  # still usable once the file is gone
 
 
 # --------------------------------------------------------------------------- load_image: sizes
 
 
-@pytest.mark.parametrize("size, max_size, expected", [
-    ((300, 97), 100, (100, 32)),  # 97 * 100/300 = 32.3
-    ((97, 300), 100, (32, 100)),
-    ((64, 48), 1000, (64, 48)),  # never enlarged
-    ((64, 48), 64, (64, 48)),
-    ((64, 48), None, (64, 48)),
-    ((600, 64), 300, (300, nst_utils.MIN_IMAGE_SIDE)),  # exactly the minimum short side is allowed
-])
+@pytest.mark.parametrize(
+    "size, max_size, expected",
+    [
+        ((300, 97), 100, (100, 32)),  # 97 * 100/300 = 32.3
+        ((97, 300), 100, (32, 100)),
+        ((64, 48), 1000, (64, 48)),  # never enlarged
+        ((64, 48), 64, (64, 48)),
+        ((64, 48), None, (64, 48)),
+        (
+            (600, 64),
+            300,
+            (300, nst_utils.MIN_IMAGE_SIDE),
+        ),  # exactly the minimum short side is allowed
+    ],
+)
 def test_max_size_shrinks_the_long_side_keeping_aspect(make_image, size, max_size, expected):
-    assert nst_utils.load_image(make_image("pic.png", size=size), max_size=max_size).size == expected
+    assert (
+        nst_utils.load_image(make_image("pic.png", size=size), max_size=max_size).size == expected
+    )
 
 
 def test_max_size_on_jpeg_uses_reduced_decode_but_exact_size(make_image):
@@ -262,11 +308,12 @@ def test_extreme_aspect_ratio_too_small_names_file(make_image):
     assert "banner.png" in msg and "256x5" in msg and "too small" in msg and "crop" in msg
 
 
-# --------------------------------------------------------------------------- load_image: URLs (loopback server)
+# --------------------------------------------------------------- load_image: URLs (loopback server)
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.routes[path] = (status, headers, body)``; a body of None means: wait for ``server.stop``."""
+    """Serves ``server.routes[path] = (status, headers, body)``; a body of None means: wait for
+    ``server.stop``."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         status, headers, body = self.server.routes.get(self.path, (404, {}, b"no such page"))
@@ -288,7 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch, gradient):
-    """An http server on 127.0.0.1 (any free port) in a background thread; yields (base URL, routes)."""
+    """An http server on 127.0.0.1 (any free port) in a background thread; yields (base URL,
+    routes)."""
     for var in ("http_proxy", "HTTP_PROXY"):
         monkeypatch.delenv(var, raising=False)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -300,11 +348,21 @@ def server(monkeypatch, gradient):
         "/good.png": (200, {"Content-Type": "image/png", "Content-Length": str(len(png))}, png),
         "/big.png": (200, {"Content-Type": "image/png", "Content-Length": str(len(big))}, big),
         "/page.html": (200, {"Content-Type": "text/html", "Content-Length": str(len(html))}, html),
-        "/huge-declared": (200, {"Content-Type": "image/png", "Content-Length": "5000"}, b"\0" * 5000),
-        "/huge-streamed": (200, {"Content-Type": "image/png"}, b"\0" * 5000),  # HTTP/1.0: body ends at close
+        "/huge-declared": (
+            200,
+            {"Content-Type": "image/png", "Content-Length": "5000"},
+            b"\0" * 5000,
+        ),
+        "/huge-streamed": (
+            200,
+            {"Content-Type": "image/png"},
+            b"\0" * 5000,
+        ),  # HTTP/1.0: body ends at close
         "/slow.png": (200, {}, None),
     }
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.routes
@@ -319,16 +377,21 @@ def test_url_gives_the_same_pixels_as_the_file(server, tmp_path):
     base, routes = server
     (tmp_path / "good.png").write_bytes(routes["/good.png"][2])
     from_url = nst_utils.load_image(f"{base}/good.png")
-    np.testing.assert_array_equal(np.asarray(from_url), np.asarray(nst_utils.load_image(tmp_path / "good.png")))
+    np.testing.assert_array_equal(
+        np.asarray(from_url), np.asarray(nst_utils.load_image(tmp_path / "good.png"))
+    )
     assert nst_utils.load_image(f"{base}/big.png", max_size=100).size == (100, 50)
 
 
-@pytest.mark.parametrize("route, words", [
-    ("/missing.png", ["404"]),
-    ("/page.html", ["JPEG"]),  # the formats it can read
-    ("/huge-declared", ["1,000"]),  # the limit
-    ("/huge-streamed", ["1,000"]),
-])
+@pytest.mark.parametrize(
+    "route, words",
+    [
+        ("/missing.png", ["404"]),
+        ("/page.html", ["JPEG"]),  # the formats it can read
+        ("/huge-declared", ["1,000"]),  # the limit
+        ("/huge-streamed", ["1,000"]),
+    ],
+)
 def test_url_failures_name_the_url_and_the_problem(server, monkeypatch, route, words):
     base, _ = server
     monkeypatch.setattr(nst_utils, "MAX_DOWNLOAD_BYTES", 1000)
@@ -341,7 +404,9 @@ def test_url_failures_name_the_url_and_the_problem(server, monkeypatch, route, w
 
 
 def test_url_unknown_host_says_so():
-    with pytest.raises(ImageError, match=r"no-such-host\.invalid/a\.jpg: .*'no-such-host\.invalid'"):
+    with pytest.raises(
+        ImageError, match=r"no-such-host\.invalid/a\.jpg: .*'no-such-host\.invalid'"
+    ):
         nst_utils.load_image("https://no-such-host.invalid/a.jpg")  # RFC 6761: never resolves
 
 
@@ -354,10 +419,16 @@ def test_url_slow_server_times_out(server, monkeypatch):
     assert time.monotonic() - start < 2.0
 
 
-@pytest.mark.parametrize("reply, max_bytes", [
-    (b"garbage\r\n\r\n", 1000),  # not HTTP at all
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort", None),  # cut off, read without a limit (weights)
-])
+@pytest.mark.parametrize(
+    "reply, max_bytes",
+    [
+        (b"garbage\r\n\r\n", 1000),  # not HTTP at all
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort",
+            None,
+        ),  # cut off, read without a limit (weights)
+    ],
+)
 def test_url_garbled_or_cut_off_answer_is_an_image_error(reply, max_bytes):
     listener = socket.create_server(("127.0.0.1", 0))
 
@@ -385,17 +456,25 @@ def test_image_tensor_round_trip_exact(device):
     arr = np.random.default_rng(3).integers(0, 256, size=(23, 37, 3), dtype=np.uint8)
     t = nst_utils.image_to_tensor(Image.fromarray(arr, "RGB"), device)
     assert t.shape == (1, 3, 23, 37) and t.dtype == torch.float32 and t.device.type == device.type
-    torch.testing.assert_close(t[0, 0].cpu(), torch.from_numpy(arr[..., 0].astype(np.float32) / 255))  # 0 is red
+    torch.testing.assert_close(
+        t[0, 0].cpu(), torch.from_numpy(arr[..., 0].astype(np.float32) / 255)
+    )  # 0 is red
     back = nst_utils.tensor_to_image(t)
     assert back.mode == "RGB" and back.size == (37, 23)
     np.testing.assert_array_equal(np.asarray(back), arr)
-    np.testing.assert_array_equal(np.asarray(nst_utils.tensor_to_image(t[0])), arr)  # [3, H, W] works too
-    np.testing.assert_array_equal(np.asarray(nst_utils.tensor_to_image(t.requires_grad_(True))), arr)
+    np.testing.assert_array_equal(
+        np.asarray(nst_utils.tensor_to_image(t[0])), arr
+    )  # [3, H, W] works too
+    np.testing.assert_array_equal(
+        np.asarray(nst_utils.tensor_to_image(t.requires_grad_(True))), arr
+    )
 
 
 def test_uint8_tensors_are_read_as_0_to_255(device, tmp_path):
     arr = np.random.default_rng(4).integers(0, 256, size=(9, 11, 3), dtype=np.uint8)
-    t = torch.from_numpy(arr).permute(2, 0, 1).to(device)  # [3, H, W] uint8, e.g. from torchvision.io.read_image
+    t = (
+        torch.from_numpy(arr).permute(2, 0, 1).to(device)
+    )  # [3, H, W] uint8, e.g. from torchvision.io.read_image
     np.testing.assert_array_equal(np.asarray(nst_utils.tensor_to_image(t)), arr)
     np.testing.assert_array_equal(np.asarray(nst_utils.tensor_to_image(t[None])), arr)
     mask = torch.full((1, 1, 9, 11), 200, dtype=torch.uint8, device=device)
@@ -426,17 +505,22 @@ def test_image_to_tensor_refuses_other_types(wrong):
 
 def test_tensor_to_image_clips_slightly_out_of_range(device):
     t = torch.tensor([-0.005, 0.25, 1.005], device=device).view(1, 3, 1, 1).expand(1, 3, 2, 2)
-    np.testing.assert_array_equal(_pixel(nst_utils.tensor_to_image(t), (1, 1)), (0, 64, 255))  # 63.75 -> 64
+    np.testing.assert_array_equal(
+        _pixel(nst_utils.tensor_to_image(t), (1, 1)), (0, 64, 255)
+    )  # 63.75 -> 64
 
 
-@pytest.mark.parametrize("bad, words", [
-    (float("nan"), ["NaN or infinite"]),
-    (float("inf"), ["NaN or infinite"]),
-    (200.0, ["0..1", "255"]),  # 0..255 data in a float tensor
-    (-3.0, ["0..1"]),
-    (1.5, ["0..1"]),  # 0..2 data
-    (-0.5, ["0..1"]),  # -1..1 data
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (float("nan"), ["NaN or infinite"]),
+        (float("inf"), ["NaN or infinite"]),
+        (200.0, ["0..1", "255"]),  # 0..255 data in a float tensor
+        (-3.0, ["0..1"]),
+        (1.5, ["0..1"]),  # 0..2 data
+        (-0.5, ["0..1"]),  # -1..1 data
+    ],
+)
 def test_tensor_to_image_refuses_broken_values(device, bad, words):
     t = torch.rand(1, 3, 4, 4, device=device)
     t[0, 1, 2, 3] = bad
@@ -456,8 +540,12 @@ def test_tensor_to_image_rejects_bad_shapes(device, shape):
 
 def test_show_images_takes_pictures_tensors_masks_and_arrays(device, gradient):
     mask = torch.linspace(0, 1, 40, device=device).view(1, 1, 1, 40).expand(1, 1, 30, 40)
-    images = [gradient(40, 30), nst_utils.image_to_tensor(gradient(30, 40), device), mask,
-              np.asarray(gradient(50, 50))]
+    images = [
+        gradient(40, 30),
+        nst_utils.image_to_tensor(gradient(30, 40), device),
+        mask,
+        np.asarray(gradient(50, 50)),
+    ]
     titles = ["content", "style", "mask", "array"]
     fig = nst_utils.show_images(images, titles)
     try:
@@ -466,7 +554,9 @@ def test_show_images_takes_pictures_tensors_masks_and_arrays(device, gradient):
         assert [ax.get_title() for ax in shown] == titles
         assert all(not ax.axison for ax in fig.axes)  # pictures only, no ticks
         grey = np.asarray(shown[2].images[0].get_array())
-        assert grey.shape == (30, 40, 3) and (grey[..., 0] == grey[..., 2]).all()  # the mask as grey levels
+        assert (
+            grey.shape == (30, 40, 3) and (grey[..., 0] == grey[..., 2]).all()
+        )  # the mask as grey levels
         assert grey[0, 0, 0] == 0 and grey[0, -1, 0] == 255
     finally:
         plt.close(fig)
@@ -482,11 +572,14 @@ def test_show_images_grid_hides_spare_axes(gradient):
         plt.close(fig)
 
 
-@pytest.mark.parametrize("second, titles, words", [
-    (torch.full((1, 3, 8, 8), 128.0), None, ["images[1]", "0..1", "255"]),
-    (torch.full((1, 3, 8, 8), float("nan")), None, ["images[1]", "NaN"]),
-    (torch.rand(1, 3, 8, 8), ["only one"], ["2 images but 1 titles"]),
-])
+@pytest.mark.parametrize(
+    "second, titles, words",
+    [
+        (torch.full((1, 3, 8, 8), 128.0), None, ["images[1]", "0..1", "255"]),
+        (torch.full((1, 3, 8, 8), float("nan")), None, ["images[1]", "NaN"]),
+        (torch.rand(1, 3, 8, 8), ["only one"], ["2 images but 1 titles"]),
+    ],
+)
 def test_show_images_refuses_bad_input(device, second, titles, words):
     before = plt.get_fignums()
     with pytest.raises(ParameterError) as info:
@@ -504,7 +597,11 @@ def test_mask_from_grayscale_is_its_brightness(tmp_path, device):
     arr = np.random.default_rng(6).integers(0, 256, size=(30, 40), dtype=np.uint8)
     Image.fromarray(arr, "L").save(tmp_path / "mask.png")
     mask = nst_utils.load_mask(tmp_path / "mask.png", (30, 40), device)
-    assert mask.shape == (1, 1, 30, 40) and mask.dtype == torch.float32 and mask.device.type == device.type
+    assert (
+        mask.shape == (1, 1, 30, 40)
+        and mask.dtype == torch.float32
+        and mask.device.type == device.type
+    )
     torch.testing.assert_close(mask[0, 0].cpu(), torch.from_numpy(arr / 255.0).float())
 
 
@@ -547,7 +644,8 @@ def test_demo_masks_are_mostly_black_and_white_with_soft_edges(device, name):
 
 @pytest.fixture
 def fake_colab(monkeypatch):
-    """A stand-in Colab notebook: ``google.colab`` whose ``files.upload()`` returns the queued answers in turn
+    """A stand-in Colab notebook: ``google.colab`` whose ``files.upload()`` returns the queued
+    answers in turn
     ({} = Cancel), and a running kernel shell like Colab's (a subclass of ZMQInteractiveShell)."""
     import IPython
 
@@ -568,8 +666,9 @@ PATHS = {"photo": "a.jpg", "painting": "b.jpg"}
 
 
 @pytest.mark.parametrize("headless, colab", [("1", False), (None, False), ("yes", True)])
-def test_ask_for_pictures_headless_keeps_the_paths(monkeypatch, capsys, tmp_path, fake_colab,
-                                                   headless, colab):
+def test_ask_for_pictures_headless_keeps_the_paths(
+    monkeypatch, capsys, tmp_path, fake_colab, headless, colab
+):
     import IPython
 
     if not colab:  # plain Python: no Colab, no notebook
@@ -586,8 +685,9 @@ def test_ask_for_pictures_headless_keeps_the_paths(monkeypatch, capsys, tmp_path
 
 @pytest.mark.parametrize("ask", [False, "false", "no", "0", 0, " False "])
 @pytest.mark.parametrize("where", ["colab", "jupyter"])
-def test_ask_for_pictures_off_returns_the_paths_and_shows_nothing(monkeypatch, capsys, tmp_path,
-                                                                  fake_colab, ask, where):
+def test_ask_for_pictures_off_returns_the_paths_and_shows_nothing(
+    monkeypatch, capsys, tmp_path, fake_colab, ask, where
+):
     import IPython.display
 
     shown = []
@@ -602,7 +702,9 @@ def test_ask_for_pictures_off_returns_the_paths_and_shows_nothing(monkeypatch, c
 
 
 @pytest.mark.parametrize("ask", [True, "true", "yes", "1", 1])
-def test_ask_for_pictures_on_accepts_what_a_command_line_passes(fake_colab, tmp_path, gradient, ask):
+def test_ask_for_pictures_on_accepts_what_a_command_line_passes(
+    fake_colab, tmp_path, gradient, ask
+):
     fake_colab.extend([{"me.png": _png_bytes(gradient(40, 40))}, {}])
     chosen = nst_utils.ask_for_pictures(PATHS, ask=ask, folder=tmp_path)
     assert chosen == {"photo": str(tmp_path / "photo-me.png"), "painting": "b.jpg"}
@@ -621,10 +723,14 @@ def test_colab_upload_is_saved_checked_and_never_overwrites(fake_colab, tmp_path
     first, second = _png_bytes(gradient(40, 40, seed=1)), _png_bytes(gradient(40, 40, seed=2))
     fake_colab.extend([{"me.png": first}, {}])  # a photo, then Cancel for the painting
     assert nst_utils.ask_for_pictures(PATHS, folder=folder) == {
-        "photo": str(folder / "photo-me.png"), "painting": "b.jpg"}
+        "photo": str(folder / "photo-me.png"),
+        "painting": "b.jpg",
+    }
     fake_colab.extend([{"me.png": second}, {"art.png": first}])
     assert nst_utils.ask_for_pictures(PATHS, folder=folder) == {
-        "photo": str(folder / "photo-me-1.png"), "painting": str(folder / "painting-art.png")}
+        "photo": str(folder / "photo-me-1.png"),
+        "painting": str(folder / "painting-art.png"),
+    }
     assert (folder / "photo-me.png").read_bytes() == first  # the earlier upload is untouched
     assert (folder / "photo-me-1.png").read_bytes() == second
     assert sorted(os.listdir(folder)) == ["painting-art.png", "photo-me-1.png", "photo-me.png"]
@@ -668,9 +774,15 @@ def test_jupyter_picker_saves_the_choice_and_shows_it_in_place(monkeypatch, tmp_
     assert isinstance(photo.shown[0], ipywidgets.FileUpload)
 
     def choose(handle, name, data):
-        handle.shown[0].value = ({"name": name, "type": "image/png", "size": len(data),
-                                  "content": memoryview(data),
-                                  "last_modified": datetime.datetime.now()},)
+        handle.shown[0].value = (
+            {
+                "name": name,
+                "type": "image/png",
+                "size": len(data),
+                "content": memoryview(data),
+                "last_modified": datetime.datetime.now(),
+            },
+        )
 
     choose(photo, "me.png", _png_bytes(gradient(40, 40)))
     choose(painting, "bad.png", b"not a picture")  # reported in place, not raised into the void

@@ -51,6 +51,7 @@ def quadratic(target):
     def loss_fn(x, n=0):
         content, tv = (scale * (x - target).pow(2)).mean(), smoothness(x)
         return content + 0.01 * tv, {"content": content, "tv": tv}
+
     return loss_fn
 
 
@@ -64,6 +65,7 @@ def run(stylize, start, loss_fn, num_evals, **options):
         rec.seen.append((x.detach().clone(), float(loss.detach())))
         rec.image = x
         return loss, parts
+
     options = {"print_every": 0, "stall_patience": 10_000, "log": rec.lines.append, **options}
     try:
         with warnings.catch_warnings():  # a warning would show in the notebook's output
@@ -111,6 +113,7 @@ def test_the_picture_is_the_lowest_loss_iterate_and_a_copy(nb, device):
     def bumped(x, n):  # from evaluation 4 on the loss carries +100: the best is an early one
         loss, parts = quadratic(target)(x)
         return loss + 100.0 * (n >= 4), parts
+
     r = run(nb["stylize"], start, bumped, 12)
     res = r.result
     assert res.best_loss == pytest.approx(min(loss for _, loss in r.seen))
@@ -132,8 +135,10 @@ def test_frames_every_k_are_clipped_uint8_pictures_of_the_iterates(nb, device):
         assert frame.dtype == np.uint8 and frame.shape == (8, 8, 3)
         expected = (r.seen[n - 1][0][0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round()
         assert np.abs(frame.astype(int) - expected).max() <= 1
-    assert any(not 0 <= float(r.seen[n - 1][0].min()) <= float(r.seen[n - 1][0].max()) <= 1
-               for n in (3, 6, 9)), "clipping was exercised"
+    assert any(
+        not 0 <= float(r.seen[n - 1][0].min()) <= float(r.seen[n - 1][0].max()) <= 1
+        for n in (3, 6, 9)
+    ), "clipping was exercised"
     assert run(nb["stylize"], start, quadratic(target), 4).result.frames == [], "default: none"
 
 
@@ -168,6 +173,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_best(nb, device):
     def goes_nan(x, n):
         loss, parts = quadratic(target)(x)
         return loss * (math.nan if n >= 5 else 1.0), parts
+
     r = run(nb["stylize"], start, goes_nan, 50)
     assert len(r.seen) == 5 and r.result.evaluations == 4, "the NaN evaluation is not recorded"
     assert r.result.stop_reason == "non-finite" and math.isfinite(r.result.best_loss)
@@ -181,6 +187,7 @@ def test_the_message_names_the_part_that_became_non_finite(nb, device):
     def tv_breaks(x, n):
         content, tv = (x - target).pow(2).mean(), smoothness(x) * (math.nan if n >= 3 else 1.0)
         return content + 0.1 * tv, {"content": content, "style": content * 0 + 2.0, "tv": tv}
+
     r = run(nb["stylize"], start, tv_breaks, 20)
     assert r.result.stop_reason == "non-finite" and r.result.evaluations == 2
     assert "tv_weight" in words(r.lines)
@@ -189,19 +196,26 @@ def test_the_message_names_the_part_that_became_non_finite(nb, device):
 
 def test_a_diverging_image_blames_the_step_size(nb, device):
     start, _ = tensors(device)
-    r = run(nb["stylize"], start, lambda x, n: (-x.pow(2).sum(), {"content": x.pow(2).mean()}),
-            2000, lr=1e6)
+    r = run(
+        nb["stylize"],
+        start,
+        lambda x, n: (-x.pow(2).sum(), {"content": x.pow(2).mean()}),
+        2000,
+        lr=1e6,
+    )
     assert r.result.stop_reason == "non-finite" and len(r.seen) < 2000
     assert "lr" in words(r.lines) and not {"style_weight", "content_weight"} & words(r.lines)
 
 
 def test_a_non_finite_gradient_stops_and_keeps_the_best(nb, device):
     start, target = tensors(device)
+
     def nan_gradient(x, n):  # like sqrt at 0, or a broken custom layer
         y = x * 1.0
         if n >= 4:
             y.register_hook(lambda grad: grad * math.nan)
         return quadratic(target)(y)
+
     r = run(nb["stylize"], start, nan_gradient, 50)
     assert r.result.stop_reason == "non-finite" and len(r.seen) == 4 and r.result.evaluations == 3
     assert math.isfinite(r.seen[-1][1]) and "lr" in words(r.lines), "the loss stayed finite"
@@ -218,19 +232,40 @@ def test_a_non_finite_first_evaluation_raises(nb, device):
 def test_out_of_memory_names_the_size_to_lower(nb, device):
     def oom(x):
         raise torch.OutOfMemoryError("CUDA out of memory")
+
     with pytest.raises(NSTError, match="image_size"):
         nb["stylize"](tensors(device)[0], oom, 10, print_every=0)
 
 
-@pytest.mark.parametrize("loss_at, patience, reason, evaluations", [
-    (lambda n: 1.0, 5, "stalled", 6),             # nothing after evaluation 1: the 5th idle stops
-    (lambda n: 1.0 - 1e-7 * n, 4, "stalled", 5),  # improvements below stall_rtol=1e-5 do not count
-    (lambda n: 1.0 - 4e-6 * n, 4, "budget", 20),  # each step is below rtol, but 3 of them are not
-    (lambda n: 1.0 / n, 3, "budget", 20),         # real progress
-], ids=["constant", "below-rtol", "slow-but-steady", "progress"])
+@pytest.mark.parametrize(
+    "loss_at, patience, reason, evaluations",
+    [
+        (lambda n: 1.0, 5, "stalled", 6),  # nothing after evaluation 1: the 5th idle stops
+        (
+            lambda n: 1.0 - 1e-7 * n,
+            4,
+            "stalled",
+            5,
+        ),  # improvements below stall_rtol=1e-5 do not count
+        (
+            lambda n: 1.0 - 4e-6 * n,
+            4,
+            "budget",
+            20,
+        ),  # each step is below rtol, but 3 of them are not
+        (lambda n: 1.0 / n, 3, "budget", 20),  # real progress
+    ],
+    ids=["constant", "below-rtol", "slow-but-steady", "progress"],
+)
 def test_a_run_stalls_after_patience(nb, device, loss_at, patience, reason, evaluations):
-    r = run(nb["stylize"], tensors(device)[0], lambda x, n: (x.sum() * 0 + loss_at(n), {}), 20,
-            stall_patience=patience, stall_rtol=1e-5)
+    r = run(
+        nb["stylize"],
+        tensors(device)[0],
+        lambda x, n: (x.sum() * 0 + loss_at(n), {}),
+        20,
+        stall_patience=patience,
+        stall_rtol=1e-5,
+    )
     assert r.result.stop_reason == reason and r.result.evaluations == evaluations == len(r.seen)
     assert r.result.best_loss == pytest.approx(min(loss for _, loss in r.seen), rel=0, abs=1e-9)
     assert ("lr" in words(r.lines)) == (reason == "stalled"), "a stall says what to change"
@@ -242,8 +277,9 @@ def test_an_unchanged_picture_gets_a_note_fitting_the_budget(nb, device, case, n
     start, target = tensors(device)
     # already at the minimum: like the content image with style_weight=0 (gradient 0)
     weight = float(case == "already-at-the-minimum")
-    r = run(nb["stylize"], start, lambda x, n: ((x - start).pow(2).mean() * weight + 3, {}),
-            num_evals)
+    r = run(
+        nb["stylize"], start, lambda x, n: ((x - start).pow(2).mean() * weight + 3, {}), num_evals
+    )
     changed = run(nb["stylize"], start, quadratic(target), num_evals)
     assert r.result.changed is False and changed.result.changed is True
     assert len(r.lines) == len(changed.lines) + 1, "one note, after the outcome"
@@ -259,14 +295,14 @@ def pressed(*args, **kwargs):
 
 
 @pytest.mark.parametrize("at", [0, 1, 5])  # 0: while LBFGS is being built
-def test_interrupt_at_any_moment_keeps_the_best_image_so_far(nb, device, monkeypatch, tmp_path,
-                                                            at):
+def test_interrupt_at_any_moment_keeps_the_best_image_so_far(nb, device, monkeypatch, tmp_path, at):
     start, target = tensors(device)
     if at == 0:
         monkeypatch.setattr(torch.optim, "LBFGS", pressed)
 
     def loss_fn(x, n):
         return pressed() if n == at else quadratic(target)(x)
+
     r = run(nb["stylize"], start, loss_fn, 50)
     res = r.result
     assert res.stop_reason == "interrupted" and res.evaluations == len(r.seen) == max(at - 1, 0)
@@ -288,11 +324,14 @@ def press() -> bool:
     return True
 
 
-def test_a_second_interrupt_soon_after_is_absorbed_in_this_and_the_next_cells(nb, device,
-                                                                             monkeypatch):
+def test_a_second_interrupt_soon_after_is_absorbed_in_this_and_the_next_cells(
+    nb, device, monkeypatch
+):
     registered = []  # the kernel's pre_run_cell callbacks
-    events = types.SimpleNamespace(register=lambda event, f: registered.append(f),
-                                   unregister=lambda event, f: registered.remove(f))
+    events = types.SimpleNamespace(
+        register=lambda event, f: registered.append(f),
+        unregister=lambda event, f: registered.remove(f),
+    )
     ipython = types.ModuleType("IPython")
     ipython.get_ipython = lambda: types.SimpleNamespace(events=events)
     monkeypatch.setitem(sys.modules, "IPython", ipython)
@@ -343,6 +382,7 @@ def shown(monkeypatch):
     def display(obj, raw=False, display_id=None):
         calls.append(("display", obj, raw))
         return Handle() if display_id else None
+
     monkeypatch.setattr(IPython.display, "display", display)
     return calls
 
@@ -375,12 +415,27 @@ def test_live_mode_outside_a_notebook_prints_lines(nb, device, capsys, monkeypat
     assert capsys.readouterr().out.count("PIL.Image") <= 1
 
 
-@pytest.mark.parametrize("name, value", [
-    ("num_evals", 0), ("num_evals", -1), ("num_evals", 2.5), ("num_evals", True),
-    ("num_evals", "10"), ("num_evals", None), ("frame_every", -1), ("frame_every", 1.5),
-    ("print_every", -1), ("preview_every", -1), ("stall_patience", 0), ("stall_rtol", -1.0),
-    ("stall_rtol", math.nan), ("live", "maybe"), ("live", None), ("live", 2),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("num_evals", 0),
+        ("num_evals", -1),
+        ("num_evals", 2.5),
+        ("num_evals", True),
+        ("num_evals", "10"),
+        ("num_evals", None),
+        ("frame_every", -1),
+        ("frame_every", 1.5),
+        ("print_every", -1),
+        ("preview_every", -1),
+        ("stall_patience", 0),
+        ("stall_rtol", -1.0),
+        ("stall_rtol", math.nan),
+        ("live", "maybe"),
+        ("live", None),
+        ("live", 2),
+    ],
+)
 def test_bad_arguments_are_refused(name, value):
     with pytest.raises(ParameterError) as info:
         Monitor(torch.rand(SHAPE), **{"num_evals": 10, name: value})

@@ -16,9 +16,11 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     section = README.split("## Using `nst_utils` from your own notebook", 1)[1]
     code = re.findall(r"```python\n(.*?)```", section, re.S)[-1]
     inputs = ROOT / "assets" / "inputs"
-    code = (code.replace('"photo.jpg", 384', f'"{inputs / "dog.jpg"}", 64')
-                .replace('"painting.jpg", 384', f'"{inputs / "starry_night.jpg"}", 64')
-                .replace("max_iter=200", "max_iter=10"))
+    code = (
+        code.replace('"photo.jpg", 384', f'"{inputs / "dog.jpg"}", 64')
+        .replace('"painting.jpg", 384', f'"{inputs / "starry_night.jpg"}", 64')
+        .replace("max_iter=200", "max_iter=10")
+    )
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "out" / "result.png")  # an earlier result

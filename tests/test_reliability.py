@@ -43,8 +43,10 @@ from PIL import EpsImagePlugin, Image
 import nst_utils as nst
 
 ROOT = Path(__file__).resolve().parents[1]
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
-       b"newpath 0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n")
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
+    b"newpath 0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+)
 SIBLINGS = [".json", ".gif", "-overview.png"]  # what the notebook saves next to its picture
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX fork and signals")
 
@@ -77,8 +79,11 @@ def colour_of(path: Path) -> tuple[int, int, int]:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (relative name -> content); symlinks not followed."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def final_files(folder: Path) -> list[Path]:
@@ -133,18 +138,45 @@ def saving_cell(tmp_path: Path, name: str, art: str, frames: int = 2) -> dict:
     import matplotlib.pyplot as plt
 
     h, w = 24, 32
-    cfg = SimpleNamespace(output_dir=tmp_path / "results", overwrite=False,
-                          content_path=str(tmp_path / f"{name}.jpg"),
-                          style_path=str(tmp_path / f"{art}.jpg"), content_path_2=None,
-                          style_path_2=None, mask_path=None, mask_path_2=None, gif_frame_ms=60,
-                          gif_size=32, weights="caffe")
+    cfg = SimpleNamespace(
+        output_dir=tmp_path / "results",
+        overwrite=False,
+        content_path=str(tmp_path / f"{name}.jpg"),
+        style_path=str(tmp_path / f"{art}.jpg"),
+        content_path_2=None,
+        style_path_2=None,
+        mask_path=None,
+        mask_path_2=None,
+        gif_frame_ms=60,
+        gif_size=32,
+        weights="caffe",
+    )
     image = torch.rand(1, 3, h, w)
-    result = nst.RunResult(image=image, best_loss=1.0, history=[{"eval": 1, "loss": 1.0}],
-                           frames=[np.full((h, w, 3), 40 * k, np.uint8) for k in range(frames)],
-                           stop_reason="budget", seconds=1.0, evaluations=1, changed=True)
-    ns = dict(nst=nst, plt=plt, time=time, Path=Path, torch=torch, cfg=cfg, result=result,
-              content=torch.rand(1, 3, h, w), style=torch.rand(1, 3, h, w), name=name, art=art,
-              device=torch.device("cpu"), started=time.perf_counter())
+    result = nst.RunResult(
+        image=image,
+        best_loss=1.0,
+        history=[{"eval": 1, "loss": 1.0}],
+        frames=[np.full((h, w, 3), 40 * k, np.uint8) for k in range(frames)],
+        stop_reason="budget",
+        seconds=1.0,
+        evaluations=1,
+        changed=True,
+    )
+    ns = dict(
+        nst=nst,
+        plt=plt,
+        time=time,
+        Path=Path,
+        torch=torch,
+        cfg=cfg,
+        result=result,
+        content=torch.rand(1, 3, h, w),
+        style=torch.rand(1, 3, h, w),
+        name=name,
+        art=art,
+        device=torch.device("cpu"),
+        started=time.perf_counter(),
+    )
     exec(cell_with("out.save_json("), ns)
     return ns
 
@@ -172,8 +204,11 @@ def ghostscript(monkeypatch):
 EPS_VARIANTS = {
     "EPSF": EPS,
     "PS": EPS.replace(b" EPSF-3.0", b""),
-    "DOS EPS": b"\xc5\xd0\xd3\xc6" + (30).to_bytes(4, "little") + len(EPS).to_bytes(4, "little")
-               + bytes(18) + EPS,  # a 30-byte header, then the PostScript
+    "DOS EPS": b"\xc5\xd0\xd3\xc6"
+    + (30).to_bytes(4, "little")
+    + len(EPS).to_bytes(4, "little")
+    + bytes(18)
+    + EPS,  # a 30-byte header, then the PostScript
 }
 
 
@@ -209,9 +244,19 @@ def test_eps_upload_is_refused_leaves_nothing_and_runs_no_program(tmp_path, ghos
     assert not folder.exists() or snapshot(folder) == {}
 
 
-@pytest.mark.parametrize("fmt, suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"),
-                                         ("GIF", ".gif"), ("BMP", ".bmp"), ("TIFF", ".tif"),
-                                         ("PPM", ".ppm"), ("MPO", ".mpo")])
+@pytest.mark.parametrize(
+    "fmt, suffix",
+    [
+        ("JPEG", ".jpg"),
+        ("PNG", ".png"),
+        ("WEBP", ".webp"),
+        ("GIF", ".gif"),
+        ("BMP", ".bmp"),
+        ("TIFF", ".tif"),
+        ("PPM", ".ppm"),
+        ("MPO", ".mpo"),
+    ],
+)
 def test_the_raster_formats_of_photos_still_load(tmp_path, fmt, suffix):
     path = tmp_path / f"picture{suffix}"
     img = Image.new("RGB", (48, 40), (200, 100, 50))
@@ -234,10 +279,21 @@ SAVERS = {
 
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("kind", sorted(SAVERS))
-@pytest.mark.parametrize("shape", ["../victim", "absolute", "sub/../../victim", "./../victim",
-                                   "~/victim", "~root/victim", "sub/../../../victim"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "../victim",
+        "absolute",
+        "sub/../../victim",
+        "./../victim",
+        "~/victim",
+        "~root/victim",
+        "sub/../../../victim",
+    ],
+)
 def test_names_that_leave_the_folder_are_refused_and_nothing_is_written_outside(
-        tmp_path, monkeypatch, shape, kind, overwrite):
+    tmp_path, monkeypatch, shape, kind, overwrite
+):
     home, folder = tmp_path / "home", tmp_path / "base" / "out"
     home.mkdir()
     folder.mkdir(parents=True)
@@ -261,8 +317,10 @@ def test_empty_nul_and_folder_names_are_refused(tmp_path, name):
     assert snapshot(tmp_path) == {}
 
 
-@pytest.mark.parametrize("name", ["sub/dir/x.bin", "a..b.bin", "x~.bin", "..x.bin", "x..bin",
-                                  "é" * 50 + ".bin", "~draft.bin"])
+@pytest.mark.parametrize(
+    "name",
+    ["sub/dir/x.bin", "a..b.bin", "x~.bin", "..x.bin", "x..bin", "é" * 50 + ".bin", "~draft.bin"],
+)
 def test_odd_but_confined_names_are_written_inside(tmp_path, name):
     path = nst.OutputDir(tmp_path).save_bytes(b"data", name)
     assert path.read_bytes() == b"data"
@@ -301,15 +359,19 @@ def test_the_upload_cell_runs_after_the_set_up_cell_into_the_checked_folder():
     setup = [i for i, c in enumerate(cells) if "nst.check_settings(globals()" in c]
     upload = [i for i, c in enumerate(cells) if "ask_for_pictures(" in c]
     assert len(setup) == len(upload) == 1 and setup[0] < upload[0]
-    call = next(node for node in ast.walk(ast.parse(cells[upload[0]])) if isinstance(node, ast.Call)
-                and ast.unparse(node.func).endswith("ask_for_pictures"))
+    call = next(
+        node
+        for node in ast.walk(ast.parse(cells[upload[0]]))
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("ask_for_pictures")
+    )
     folder = {k.arg: ast.unparse(k.value) for k in call.keywords}.get("folder", "")
     assert "cfg.output_dir" in folder
 
 
 @pytest.mark.parametrize("output_dir", ["", "   ", None, 0, "a\0b"])
-def test_a_bad_output_dir_stops_the_set_up_cell_before_any_upload(tmp_path, monkeypatch,
-                                                                  output_dir):
+def test_a_bad_output_dir_stops_the_set_up_cell_before_any_upload(
+    tmp_path, monkeypatch, output_dir
+):
     where = [ROOT / "None", ROOT / "uploads", ROOT / "0", Path("/uploads")]
     before = [p.exists() for p in where]
     with pytest.raises(nst.ParameterError, match="output_dir"):
@@ -369,9 +431,11 @@ def test_the_upload_picker_shows_every_error_as_text(tmp_path, monkeypatch):
     nst._pickers(chosen, folder)
     photo_picker = pickers[0]
     shown = handles[id(photo_picker)].shown  # the text that replaces the photo's picker
-    for item in ({"name": "holiday.jpg", "content": b"not a picture"},
-                 {"name": "eps.jpg", "content": EPS},
-                 {"name": "none.jpg", "content": None}):  # bytes(None): a TypeError
+    for item in (
+        {"name": "holiday.jpg", "content": b"not a picture"},
+        {"name": "eps.jpg", "content": EPS},
+        {"name": "none.jpg", "content": None},
+    ):  # bytes(None): a TypeError
         before = len(shown)
         photo_picker.callbacks[0]({"new": [item]})  # must not raise
         assert len(shown) == before + 1 and isinstance(shown[-1], str)
@@ -447,10 +511,12 @@ def web(monkeypatch):
         raise urllib.error.URLError("the test serves https only")
 
     monkeypatch.setattr(urllib.request.HTTPSHandler, "https_open", https_open)
-    for cls, method in ((urllib.request.HTTPHandler, "http_open"),
-                        (urllib.request.FTPHandler, "ftp_open"),
-                        (urllib.request.FileHandler, "file_open"),
-                        (urllib.request.DataHandler, "data_open")):
+    for cls, method in (
+        (urllib.request.HTTPHandler, "http_open"),
+        (urllib.request.FTPHandler, "ftp_open"),
+        (urllib.request.FileHandler, "file_open"),
+        (urllib.request.DataHandler, "data_open"),
+    ):
         monkeypatch.setattr(cls, method, elsewhere)
     monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen builds one with the fakes
     forget_downloads()
@@ -504,10 +570,19 @@ def test_plain_http_is_refused_without_asking_the_server(http_server):
     assert asked == []
 
 
-@pytest.mark.parametrize("url", ["http://pictures.example/dog.png", "HTTP://203.0.113.9/a.png",
-                                 "http://[2001:db8::1]/a.png", "ftp://pictures.example/dog.png",
-                                 "FTP://pictures.example/a.png", "file:///etc/hostname",
-                                 "data:image/png;base64,iVBORw0KGgo=", "https:///no-host.png"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://pictures.example/dog.png",
+        "HTTP://203.0.113.9/a.png",
+        "http://[2001:db8::1]/a.png",
+        "ftp://pictures.example/dog.png",
+        "FTP://pictures.example/a.png",
+        "file:///etc/hostname",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "https:///no-host.png",
+    ],
+)
 def test_other_schemes_are_refused(web, url):
     with pytest.raises(nst.ImageError):
         nst.load_image(url)
@@ -516,29 +591,47 @@ def test_other_schemes_are_refused(web, url):
     assert web.elsewhere == [] and web.asked == []
 
 
-@pytest.mark.parametrize("target", ["ftp://pictures.example/dog.png", "http://pictures.example/a",
-                                    "file:///etc/passwd", "data:,x", "gopher://x.example/",
-                                    "http://127.0.0.1:8888/api/x", "http://localhost/x.png"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "ftp://pictures.example/dog.png",
+        "http://pictures.example/a",
+        "file:///etc/passwd",
+        "data:,x",
+        "gopher://x.example/",
+        "http://127.0.0.1:8888/api/x",
+        "http://localhost/x.png",
+    ],
+)
 def test_https_only_refuses_a_redirect_off_https(target):
     request = urllib.request.Request("https://pictures.example/dog.png")
     with pytest.raises(nst.ImageError, match="pictures.example/dog.png"):
         nst._HttpsOnly().redirect_request(request, None, 302, "Found", {}, target)
-    new = nst._HttpsOnly().redirect_request(request, None, 301, "Moved", {},
-                                            "https://cdn.example/dog.png")
+    new = nst._HttpsOnly().redirect_request(
+        request, None, 301, "Moved", {}, "https://cdn.example/dog.png"
+    )
     assert new.full_url == "https://cdn.example/dog.png"
 
 
 def test_a_loopback_http_server_may_redirect_on_this_machine():
     request = urllib.request.Request("http://127.0.0.1:8000/dog.png")
     for target in ("http://localhost:8000/b.png", "https://cdn.example/dog.png"):
-        assert nst._HttpsOnly().redirect_request(request, None, 302, "Found", {},
-                                                 target).full_url == target
+        assert (
+            nst._HttpsOnly().redirect_request(request, None, 302, "Found", {}, target).full_url
+            == target
+        )
     with pytest.raises(nst.ImageError):
         nst._HttpsOnly().redirect_request(request, None, 302, "Found", {}, "http://x.example/")
 
 
-@pytest.mark.parametrize("target", ["ftp://files.example/dog.png", "http://files.example/dog.png",
-                                    "http://127.0.0.1:8888/api/contents"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "ftp://files.example/dog.png",
+        "http://files.example/dog.png",
+        "http://127.0.0.1:8888/api/contents",
+    ],
+)
 def test_a_redirect_off_https_is_not_followed(web, target):
     url = f"https://pictures.example/moved-{abs(hash(target))}.png"
     web.pages[url] = {"code": 302, "location": target}
@@ -548,8 +641,10 @@ def test_a_redirect_off_https_is_not_followed(web, target):
 
 
 def test_a_redirect_that_stays_on_https_is_followed(web):
-    web.pages["https://pictures.example/old.png"] = {"code": 301,
-                                                     "location": "https://cdn.example/new.png"}
+    web.pages["https://pictures.example/old.png"] = {
+        "code": 301,
+        "location": "https://cdn.example/new.png",
+    }
     web.pages["https://cdn.example/new.png"] = {"body": png_bytes(2)}
     assert nst.load_image("https://pictures.example/old.png").getpixel((0, 0)) == colour(2)
 
@@ -562,9 +657,11 @@ def test_ctrl_c_between_writing_and_naming_leaves_no_file(tmp_path, monkeypatch)
     out = nst.OutputDir(tmp_path)
     monkeypatch.setattr(os, "link", interrupt)
     monkeypatch.setattr(os, "replace", interrupt)
-    for save in (lambda: out.save_json({"a": 1}, "r.json"),
-                 lambda: out.save_image(Image.new("RGB", (32, 32)), "r.png"),
-                 lambda: out.save_gif([np.zeros((32, 32, 3), np.uint8)] * 2, "r.gif")):
+    for save in (
+        lambda: out.save_json({"a": 1}, "r.json"),
+        lambda: out.save_image(Image.new("RGB", (32, 32)), "r.png"),
+        lambda: out.save_gif([np.zeros((32, 32, 3), np.uint8)] * 2, "r.gif"),
+    ):
         with pytest.raises(KeyboardInterrupt):
             save()
     assert snapshot(tmp_path) == {}  # no empty claim, no temporary
@@ -633,8 +730,10 @@ def _save_forever(folder: Path, pictures: list[bytes]) -> None:
     out = nst.OutputDir(folder)
     for i in range(10**9):
         png = out.save_bytes(pictures[i % len(pictures)], "run.png")
-        out.save_json({"run": i % len(pictures), "picture": png.name,
-                       "loss": [0.5] * 400 * (1 + i % 3)}, f"{png.stem}.json")
+        out.save_json(
+            {"run": i % len(pictures), "picture": png.name, "loss": [0.5] * 400 * (1 + i % 3)},
+            f"{png.stem}.json",
+        )
 
 
 @needs_fork
@@ -684,9 +783,11 @@ def test_a_second_ctrl_c_right_after_an_interrupt_is_absorbed(monkeypatch):
 
 
 # --------------------------------------------------- 6. settings that would lose the run at its end
-@pytest.mark.parametrize("name, art", [("n" * 200, "a" * 200), ("é" * 120, "ü" * 120),
-                                       ("photo", "p" * 240), ("~dog", "~scream")],
-                         ids=["ascii 200+200", "utf-8 240+240 bytes", "short+240", "tilde"])
+@pytest.mark.parametrize(
+    "name, art",
+    [("n" * 200, "a" * 200), ("é" * 120, "ü" * 120), ("photo", "p" * 240), ("~dog", "~scream")],
+    ids=["ascii 200+200", "utf-8 240+240 bytes", "short+240", "tilde"],
+)
 def test_the_saving_cell_saves_a_run_with_long_or_odd_input_names(tmp_path, name, art):
     png, folder = saving_cell(tmp_path, name, art)["png"], tmp_path / "results"
     assert len(list(folder.iterdir())) == 1 + len(SIBLINGS)
@@ -695,8 +796,11 @@ def test_the_saving_cell_saves_a_run_with_long_or_odd_input_names(tmp_path, name
     assert json.loads((folder / f"{png.stem}.json").read_text())["picture"] == png.name
 
 
-@pytest.mark.parametrize("name, art", [("漢" * 80, "字" * 80), ("🎨" * 60, "🖼" * 60),
-                                       ("漢" * 40, "字" * 36)], ids=["cjk", "emoji", "cjk 40+36"])
+@pytest.mark.parametrize(
+    "name, art",
+    [("漢" * 80, "字" * 80), ("🎨" * 60, "🖼" * 60), ("漢" * 40, "字" * 36)],
+    ids=["cjk", "emoji", "cjk 40+36"],
+)
 def test_the_saving_cell_saves_a_run_with_long_multibyte_names(tmp_path, name, art):
     ns = saving_cell(tmp_path, name, art)
     for suffix in SIBLINGS:
@@ -706,21 +810,26 @@ def test_the_saving_cell_saves_a_run_with_long_multibyte_names(tmp_path, name, a
 def test_a_picture_whose_sibling_names_would_be_too_long_is_refused_before_writing(tmp_path):
     stem = "s" * 229  # s...s.png fits (233 bytes), s...s-overview.png (242) does not
     with pytest.raises(nst.ParameterError):
-        nst.OutputDir(tmp_path).save_image(Image.new("RGB", (32, 32)), f"{stem}.png",
-                                           siblings=SIBLINGS)
+        nst.OutputDir(tmp_path).save_image(
+            Image.new("RGB", (32, 32)), f"{stem}.png", siblings=SIBLINGS
+        )
     assert snapshot(tmp_path) == {}
 
 
-@pytest.mark.parametrize("name", ["x" * 241 + ".bin", "é" * 121 + ".bin", "sub/" + "y" * 300],
-                         ids=["245 bytes", "246 bytes utf-8", "300 bytes in sub/"])
+@pytest.mark.parametrize(
+    "name",
+    ["x" * 241 + ".bin", "é" * 121 + ".bin", "sub/" + "y" * 300],
+    ids=["245 bytes", "246 bytes utf-8", "300 bytes in sub/"],
+)
 def test_a_name_over_240_bytes_is_a_parameter_error_and_writes_nothing(tmp_path, name):
     with pytest.raises(nst.ParameterError):
         nst.OutputDir(tmp_path).save_bytes(b"x", name)
     assert snapshot(tmp_path) == {}
 
 
-@pytest.mark.parametrize("ms, ok", [(655_350, True), (655_351, False), (10**7, False),
-                                    (9, False), (10, True)])
+@pytest.mark.parametrize(
+    "ms, ok", [(655_350, True), (655_351, False), (10**7, False), (9, False), (10, True)]
+)
 def test_the_notebook_refuses_gif_frame_ms_a_gif_cannot_store(tmp_path, monkeypatch, ms, ok):
     if ok:
         assert notebook_setup(monkeypatch, tmp_path, gif_frame_ms=ms)["cfg"].gif_frame_ms == ms
@@ -767,8 +876,9 @@ def test_a_full_disk_is_found_by_the_writability_probe(tmp_path, monkeypatch, wh
     if where == "fsync":
         monkeypatch.setattr(os, "fsync", full)
     else:
-        monkeypatch.setattr(nst, "open", lambda *a, **k: FullFile(real_open(*a, **k)),
-                            raising=False)
+        monkeypatch.setattr(
+            nst, "open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False
+        )
     folder = tmp_path / "results"
     with pytest.raises(nst.ParameterError, match="output_dir"):
         nst.output_folder("output_dir", str(folder))
@@ -808,13 +918,20 @@ def test_a_full_disk_mid_save_keeps_the_earlier_file(tmp_path, monkeypatch):
 # ------------------------------------------------------------ 7. planted or foreign temporaries
 def test_planted_and_foreign_temporaries_neither_break_saves_nor_are_deleted(tmp_path):
     host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    planted = [".x.99999999999999999999-1-abcd.nst-tmp",
-               f".x.{host}-99999999999999999999-abcd.nst-tmp",
-               f".r.png.{host}-{dead}-0123abcd.nst-tmp",  # "dead" here, alive in another container
-               f".r.json.{host}-4194305-0123abcd.nst-tmp", ".r.json.nonsense.nst-tmp",
-               ".write-test.0123456789ab.nst-tmp"]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    planted = [
+        ".x.99999999999999999999-1-abcd.nst-tmp",
+        f".x.{host}-99999999999999999999-abcd.nst-tmp",
+        f".r.png.{host}-{dead}-0123abcd.nst-tmp",  # "dead" here, alive in another container
+        f".r.json.{host}-4194305-0123abcd.nst-tmp",
+        ".r.json.nonsense.nst-tmp",
+        ".write-test.0123456789ab.nst-tmp",
+    ]
     for name in planted:
         (tmp_path / name).write_bytes(b"another process's temporary")
     out = nst.OutputDir(tmp_path)
@@ -833,8 +950,9 @@ def test_relative_protect_paths_are_fixed_when_the_folder_is_made(tmp_path, monk
     elsewhere.mkdir()
     (inputs / "photo.png").write_bytes(png_bytes(1))
     monkeypatch.chdir(inputs)
-    out = nst.OutputDir(inputs, overwrite=True, protect=["photo.png", None,
-                                                          "https://x.example/a.png"])
+    out = nst.OutputDir(
+        inputs, overwrite=True, protect=["photo.png", None, "https://x.example/a.png"]
+    )
     relative = nst.OutputDir(".", overwrite=True, protect=["./photo.png"])
     monkeypatch.chdir(elsewhere)  # a %cd between the set-up and the saving cells
     (elsewhere / "photo.png").write_bytes(b"elsewhere")
@@ -856,6 +974,7 @@ def test_a_save_never_replaces_what_a_parallel_overwrite_save_wrote(tmp_path, mo
                 armed[0] = False  # the rival's save lands right before ours
                 rival.save_bytes(b"the rival's data", "r.bin")
             return real(src, dst, *args, **kwargs)
+
         return op
 
     monkeypatch.setattr(os, "link", race(real_link))
@@ -901,8 +1020,9 @@ def test_forty_parallel_runs_each_pair_their_picture_and_json(tmp_path):
     def run(i: int) -> None:
         try:
             barrier.wait()
-            png = out.save_image(Image.new("RGB", (32, 32), colour(i)), "dog_starry_night.png",
-                                 siblings=SIBLINGS)
+            png = out.save_image(
+                Image.new("RGB", (32, 32), colour(i)), "dog_starry_night.png", siblings=SIBLINGS
+            )
             out.save_json({"run": i, "picture": png.name}, f"{png.stem}.json")
             out.save_gif([np.full((32, 32, 3), colour(i), np.uint8)] * 2, f"{png.stem}.gif")
         except BaseException as exc:  # noqa: B036 - reported below
@@ -923,8 +1043,9 @@ def test_forty_parallel_runs_each_pair_their_picture_and_json(tmp_path):
 
 
 # ------------------------------------------------------------ 10. data that is not what it says
-@pytest.mark.parametrize("low, high", [(-1.0, 1.0), (0.0, 2.0), (-0.5, 0.5), (0.0, 255.0),
-                                       (-0.02, 1.0), (0.0, 1.02)])
+@pytest.mark.parametrize(
+    "low, high", [(-1.0, 1.0), (0.0, 2.0), (-0.5, 0.5), (0.0, 255.0), (-0.02, 1.0), (0.0, 1.02)]
+)
 def test_float_data_outside_0_1_is_refused_and_nothing_written(tmp_path, low, high):
     image = torch.linspace(low, high, 3 * 32 * 32).reshape(1, 3, 32, 32)
     out = nst.OutputDir(tmp_path)
@@ -949,21 +1070,38 @@ def test_features_refuses_anything_but_a_float_batch_of_images(bad):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     good = torch.rand(1, 3, 16, 16)
     assert nst.features(net, good, ["0"])["0"].shape == (1, 4, 14, 14)
-    image = {"[3, H, W]": good[0], "uint8": (good * 255).to(torch.uint8),
-             "[H, W]": good[0, 0], "numpy": good.numpy(), "int64": good.long(),
-             "list": good.tolist()}[bad]
+    image = {
+        "[3, H, W]": good[0],
+        "uint8": (good * 255).to(torch.uint8),
+        "[H, W]": good[0, 0],
+        "numpy": good.numpy(),
+        "int64": good.long(),
+        "list": good.tolist(),
+    }[bad]
     with pytest.raises(nst.ParameterError, match="features"):
         nst.features(net, image, ["0"])
 
 
 # ---------------------------------------------------------------------------- 11. misspelt knobs
 def spec() -> dict:
-    return {"style_weight": nst.number(0), "content_weight": nst.number(0),
-            "content_path": nst.ignored}
+    return {
+        "style_weight": nst.number(0),
+        "content_weight": nst.number(0),
+        "content_path": nst.ignored,
+    }
 
 
-@pytest.mark.parametrize("typo", ["style_wieght", "styel_weight", "style_weigth", "contnet_path",
-                                  "Style_weight", "content_weights"])
+@pytest.mark.parametrize(
+    "typo",
+    [
+        "style_wieght",
+        "styel_weight",
+        "style_weigth",
+        "contnet_path",
+        "Style_weight",
+        "content_weights",
+    ],
+)
 def test_a_misspelt_setting_is_refused(typo):
     settings = {"style_weight": 5.0, "content_weight": 1.0, "content_path": "x.jpg", typo: 1e20}
     with pytest.raises(nst.ParameterError, match=typo):
@@ -971,9 +1109,17 @@ def test_a_misspelt_setting_is_refused(typo):
 
 
 def test_other_names_pass_the_typo_check():
-    settings = {"style_weight": 5.0, "content_weight": 1.0, "content_path": "x.jpg",
-                "upload": False, "REPO_URL": "https://x.example", "_style_wieght": 1.0,
-                "style_weights": lambda: 0, "photo": "mine.jpg", "n": 3}
+    settings = {
+        "style_weight": 5.0,
+        "content_weight": 1.0,
+        "content_path": "x.jpg",
+        "upload": False,
+        "REPO_URL": "https://x.example",
+        "_style_wieght": 1.0,
+        "style_weights": lambda: 0,
+        "photo": "mine.jpg",
+        "n": 3,
+    }
     cfg = nst.check_settings(settings, spec())
     assert cfg.style_weight == 5.0 and not hasattr(cfg, "upload")
 
@@ -988,19 +1134,23 @@ def test_the_notebook_stops_a_misspelt_knob_in_its_set_up_cell(tmp_path, monkeyp
 
 # ---------------------------------------------------------------------- 12. hangs: FIFO, drip
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
-@pytest.mark.parametrize("call", ["load_image", "load_mask", "image_source", "check_settings",
-                                  "symlink"])
+@pytest.mark.parametrize(
+    "call", ["load_image", "load_mask", "image_source", "check_settings", "symlink"]
+)
 def test_a_fifo_as_a_picture_is_refused_at_once(tmp_path, call):
     fifo = tmp_path / "photo.jpg"
     os.mkfifo(fifo)
     if call == "symlink":
         (tmp_path / "link.jpg").symlink_to(fifo)
-    calls = {"load_image": lambda: nst.load_image(fifo),
-             "load_mask": lambda: nst.load_mask(fifo, (32, 32)),
-             "image_source": lambda: nst.image_source("content_path", str(fifo)),
-             "check_settings": lambda: nst.check_settings({"content_path": str(fifo)},
-                                                          {"content_path": nst.image_source}),
-             "symlink": lambda: nst.load_image(tmp_path / "link.jpg")}
+    calls = {
+        "load_image": lambda: nst.load_image(fifo),
+        "load_mask": lambda: nst.load_mask(fifo, (32, 32)),
+        "image_source": lambda: nst.image_source("content_path", str(fifo)),
+        "check_settings": lambda: nst.check_settings(
+            {"content_path": str(fifo)}, {"content_path": nst.image_source}
+        ),
+        "symlink": lambda: nst.load_image(tmp_path / "link.jpg"),
+    }
     try:
         hung, outcome = within(5, calls[call])
     finally:  # unblock a reader stuck in open() (as the old code was)
@@ -1041,7 +1191,8 @@ def test_a_dripping_server_hits_the_overall_deadline(web, monkeypatch):
         stop.set()
     assert not hung, "the download was never timed out"
     assert isinstance(outcome.get("error"), nst.ImageError) and "slow.example" in str(
-        outcome["error"])
+        outcome["error"]
+    )
     assert time.monotonic() - started < 4
 
 
@@ -1062,12 +1213,15 @@ def test_a_picture_is_downloaded_once_per_session(web):
 
 
 # -------------------------------------------------------------- 13. our errors, not raw ones
-@pytest.mark.parametrize("url, host", [
-    ("https://bücher.example/ägypten/bild 1.png?größe=groß", "xn--bcher-kva.example"),
-    ("https://example.com/Fotos/Straße mit Bäumen.png", "example.com"),
-    ("https://例え.テスト/画像.png", "xn--r8jz45g.xn--zckzah"),
-    (" https://EXAMPLE.com:8443/a%20b/ü.png ", "example.com:8443"),
-])
+@pytest.mark.parametrize(
+    "url, host",
+    [
+        ("https://bücher.example/ägypten/bild 1.png?größe=groß", "xn--bcher-kva.example"),
+        ("https://example.com/Fotos/Straße mit Bäumen.png", "example.com"),
+        ("https://例え.テスト/画像.png", "xn--r8jz45g.xn--zckzah"),
+        (" https://EXAMPLE.com:8443/a%20b/ü.png ", "example.com:8443"),
+    ],
+)
 def test_a_non_ascii_url_is_made_ascii(web, url, host):
     ascii_url = nst._checked_url(url)
     assert ascii_url.isascii() and ascii_url.startswith(f"https://{host}/")
@@ -1085,15 +1239,19 @@ def test_an_invalid_host_name_is_an_image_error():
 def _permission_cases(base: Path) -> dict:
     """What nst_utils does with a folder one may not enter, an unreadable file and a read-only
     folder, as {case: [error type, message]}; run as a user without root's privileges."""
-    cases = {"locked": lambda: nst.load_image(base / "locked" / "photo.png"),
-             "locked source": lambda: nst.image_source("content_path",
-                                                       str(base / "locked" / "photo.png")),
-             "unreadable": lambda: nst.load_image(base / "unreadable.png"),
-             "unreadable mask": lambda: nst.load_mask(base / "unreadable.png", (32, 32)),
-             "read-only output": lambda: nst.output_folder("output_dir", str(base / "ro")),
-             "read-only save": lambda: nst.OutputDir(base / "ro").save_bytes(b"x", "x.bin"),
-             "read-only upload": lambda: nst._save_upload("p.png", png_bytes(), "photo",
-                                                          base / "ro" / "uploads")}
+    cases = {
+        "locked": lambda: nst.load_image(base / "locked" / "photo.png"),
+        "locked source": lambda: nst.image_source(
+            "content_path", str(base / "locked" / "photo.png")
+        ),
+        "unreadable": lambda: nst.load_image(base / "unreadable.png"),
+        "unreadable mask": lambda: nst.load_mask(base / "unreadable.png", (32, 32)),
+        "read-only output": lambda: nst.output_folder("output_dir", str(base / "ro")),
+        "read-only save": lambda: nst.OutputDir(base / "ro").save_bytes(b"x", "x.bin"),
+        "read-only upload": lambda: nst._save_upload(
+            "p.png", png_bytes(), "photo", base / "ro" / "uploads"
+        ),
+    }
     outcome = {}
     for case, call in cases.items():
         try:
@@ -1151,13 +1309,22 @@ def test_permission_errors_are_our_errors_naming_the_path():
             path.chmod(0o755)
         subprocess.run(["rm", "-rf", str(base)], check=False)
     for case, (kind, message) in outcome.items():
-        expected = "ImageError" if case in ("locked", "unreadable", "unreadable mask") else (
-            "ParameterError")
+        expected = (
+            "ImageError"
+            if case in ("locked", "unreadable", "unreadable mask")
+            else ("ParameterError")
+        )
         assert kind == expected, (case, kind, message)
         assert "corrupt" not in message, (case, message)
-        where = {"locked": "photo.png", "locked source": "content_path", "unreadable": "unreadable",
-                 "unreadable mask": "unreadable", "read-only output": "output_dir",
-                 "read-only save": "x.bin", "read-only upload": "uploads"}[case]
+        where = {
+            "locked": "photo.png",
+            "locked source": "content_path",
+            "unreadable": "unreadable",
+            "unreadable mask": "unreadable",
+            "read-only output": "output_dir",
+            "read-only save": "x.bin",
+            "read-only upload": "uploads",
+        }[case]
         assert where in message, (case, message)
 
 
@@ -1197,8 +1364,18 @@ def test_an_unknown_home_folder_is_our_error(source):
         nst.OutputDir(source)
 
 
-@pytest.mark.parametrize("value, ok", [(2**64 - 1, True), (0, True), (2**64, False), (-1, False),
-                                       (True, False), (1.0, False), ("1", False)])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (2**64 - 1, True),
+        (0, True),
+        (2**64, False),
+        (-1, False),
+        (True, False),
+        (1.0, False),
+        ("1", False),
+    ],
+)
 def test_the_seed_is_a_whole_number_torch_accepts(value, ok):
     check = nst.whole(0, 2**64 - 1)
     if ok:
@@ -1231,9 +1408,11 @@ def test_a_nul_byte_in_a_name_is_our_error(tmp_path, name):
         nst.OutputDir(tmp_path / name).save_bytes(b"x", "x.bin")
 
 
-@pytest.mark.parametrize("name", ["x" * 256 + ".png", "é" * 200 + ".png",
-                                  "/".join(["d" * 200] * 30) + "/p.png"],
-                         ids=["260 bytes", "404 bytes utf-8", "path over 4096 bytes"])
+@pytest.mark.parametrize(
+    "name",
+    ["x" * 256 + ".png", "é" * 200 + ".png", "/".join(["d" * 200] * 30) + "/p.png"],
+    ids=["260 bytes", "404 bytes utf-8", "path over 4096 bytes"],
+)
 def test_a_name_too_long_for_the_file_system_is_our_error(tmp_path, name):
     source = str(tmp_path / name)
     with pytest.raises(nst.ImageError) as caught:

