@@ -26,18 +26,33 @@ from pathlib import Path
 CHROMIUM = Path(os.environ.get("BROWSER_CHROMIUM", "/usr/bin/chromium"))
 # Without these, Chromium's background connections (updates, sync, QUIC) are refused on a closed
 # network, and it waits for them.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-COPY_SKIP = {".git", "results", ".browser-artifacts", "__pycache__", ".pytest_cache",
-             ".ipynb_checkpoints"}
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+COPY_SKIP = {
+    ".git",
+    "results",
+    ".browser-artifacts",
+    "__pycache__",
+    ".pytest_cache",
+    ".ipynb_checkpoints",
+}
 COPY_MAX_BYTES = 50_000_000  # a large model or data file: not what the notebook needs
 
 
 def missing() -> str | None:
     """Why the browser test cannot run here, or None."""
     if not CHROMIUM.is_file():
-        return (f"no browser: {CHROMIUM} is missing "
-                "(Debian: apt-get install chromium chromium-driver)")
+        return (
+            f"no browser: {CHROMIUM} is missing (Debian: apt-get install chromium chromium-driver)"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -53,8 +68,16 @@ def missing() -> str | None:
 def copy_repository(source: Path, dest: Path) -> Path:
     """Copy the working tree as it is (tracked and untracked files, not what git ignores)."""
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=source,
-                                capture_output=True, check=True).stdout.decode().split("\0")
+        listed = (
+            subprocess.run(
+                ["git", "ls-files", "-z", "-co", "--exclude-standard"],
+                cwd=source,
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
         files = [Path(name) for name in listed if name]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything
         files = [p.relative_to(source) for p in source.rglob("*") if p.is_file()]
@@ -69,16 +92,19 @@ def copy_repository(source: Path, dest: Path) -> Path:
 
 def parameters_cell(notebook: dict) -> int:
     """The index (among all cells) of the cell tagged `parameters`."""
-    tagged = [i for i, c in enumerate(notebook["cells"])
-              if "parameters" in c["metadata"].get("tags", [])]
+    tagged = [
+        i for i, c in enumerate(notebook["cells"]) if "parameters" in c["metadata"].get("tags", [])
+    ]
     assert len(tagged) == 1, "the notebook should have one cell tagged 'parameters'"
     return tagged[0]
 
 
 def python_only(source: str) -> str:
     """A cell's source with its IPython magics and shell lines blanked (line numbers kept)."""
-    return "".join("\n" if line.lstrip().startswith(("%", "!")) else line
-                   for line in source.splitlines(keepends=True))
+    return "".join(
+        "\n" if line.lstrip().startswith(("%", "!")) else line
+        for line in source.splitlines(keepends=True)
+    )
 
 
 def assigned(source: str) -> dict[str, object]:
@@ -101,12 +127,17 @@ def with_values(source: str, **values) -> str:
     lines = source.splitlines(keepends=True)
     todo = dict(values)
     for node in ast.parse(python_only(source)).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id in todo
-                and node.lineno == node.end_lineno):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in todo
+            and node.lineno == node.end_lineno
+        ):
             line, value = lines[node.lineno - 1], repr(todo.pop(node.targets[0].id))
-            lines[node.lineno - 1] = (line[:node.value.col_offset] + value
-                                      + line[node.value.end_col_offset:])
+            lines[node.lineno - 1] = (
+                line[: node.value.col_offset] + value + line[node.value.end_col_offset :]
+            )
     text = "".join(lines)
     tail = "".join(f"{name} = {value!r}\n" for name, value in todo.items())
     return text + ("\n" if tail and not text.endswith("\n") else "") + tail
@@ -176,36 +207,58 @@ class JupyterLab:
     Jupyter, JupyterLab and IPython folders under `home`: no news or update checks, no autosave
     (saving is a step of the test), every cell kept in the page (no windowing)."""
 
-    SETTINGS = {"apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-                "docmanager-extension/plugin": {"autosave": False},
-                "notebook-extension/tracker": {"windowingMode": "none"}}
+    SETTINGS = {
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+        "docmanager-extension/plugin": {"autosave": False},
+        "notebook-extension/tracker": {"windowingMode": "none"},
+    }
 
     def __init__(self, root: Path, home: Path, log: Path) -> None:
         self.root, self.log_path = root, log
         self.port, self.token = free_port(), secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
-        for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
-                    "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR", "IPYTHONDIR",
-                    "MPLCONFIGDIR"):
+        for var in (
+            "JUPYTER_CONFIG_DIR",
+            "JUPYTER_DATA_DIR",
+            "JUPYTER_RUNTIME_DIR",
+            "JUPYTERLAB_SETTINGS_DIR",
+            "JUPYTERLAB_WORKSPACES_DIR",
+            "IPYTHONDIR",
+            "MPLCONFIGDIR",
+        ):
             (home / var.lower()).mkdir(parents=True, exist_ok=True)
             env[var] = str(home / var.lower())
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.setdefault("OMP_NUM_THREADS", "1")  # one core for the kernel: the machine is shared
         for plugin, values in self.SETTINGS.items():
-            path = Path(env["JUPYTERLAB_SETTINGS_DIR"], "@jupyterlab",
-                        f"{plugin}.jupyterlab-settings")
+            path = Path(
+                env["JUPYTERLAB_SETTINGS_DIR"], "@jupyterlab", f"{plugin}.jupyterlab-settings"
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(values))
-        command = ["jupyter-lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
-                   "--port-retries=0", f"--IdentityProvider.token={self.token}",
-                   f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-                   "--ServerApp.jpserver_extensions={'jupyter_lsp': False}"]
+        command = [
+            "jupyter-lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--port-retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=None",
+            "--ServerApp.jpserver_extensions={'jupyter_lsp': False}",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             command.append("--allow-root")  # CI containers run as root
         self._log = open(log, "w")  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(command, cwd=root, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            cwd=root,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             self._wait_ready(timeout=90)
         except BaseException:
@@ -217,8 +270,11 @@ class JupyterLab:
         return f"http://127.0.0.1:{self.port}"
 
     def api(self, path: str, method: str = "GET") -> object:
-        request = urllib.request.Request(f"{self.url}/api/{path}", method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            f"{self.url}/api/{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
         return json.loads(body) if body else None
@@ -227,8 +283,9 @@ class JupyterLab:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
-                raise RuntimeError(f"jupyter-lab exited ({self.process.returncode}):\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"jupyter-lab exited ({self.process.returncode}):\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError, ValueError):
                 self.api("status")
                 return
@@ -269,8 +326,13 @@ class Browser:
         self._playwright = sync_playwright().start()
         try:
             self.context = self._playwright.chromium.launch_persistent_context(
-                str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-                viewport={"width": 1400, "height": 1000}, accept_downloads=False)
+                str(profile),
+                executable_path=str(CHROMIUM),
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport={"width": 1400, "height": 1000},
+                accept_downloads=False,
+            )
         except BaseException:
             self.close()
             raise
@@ -293,7 +355,9 @@ _PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show
 _CELLS = f"() => [...document.querySelectorAll('{_PANEL} .jp-Notebook .jp-Cell')]"
 
 # For each cell: code or not, its prompt, and each output's mime type, visible text and pictures.
-_READ_CELLS = _CELLS + """.map(c => ({
+_READ_CELLS = (
+    _CELLS
+    + """.map(c => ({
     code: c.classList.contains('jp-CodeCell'),
     prompt: (c.querySelector('.jp-InputArea-prompt') || {innerText: ''}).innerText.trim(),
     outputs: [...c.querySelectorAll('.jp-OutputArea-output')].map(o => ({
@@ -303,11 +367,15 @@ _READ_CELLS = _CELLS + """.map(c => ({
         images: [...o.querySelectorAll('img')].map(i => i.src.length + ':' + i.src.slice(-64)),
     })),
 }))"""
+)
 
 # What in a cell's outputs is filled with an error red (a red progress bar): 'tag.class colour'.
 # (Red text belongs to a traceback, which is reported as error text.)
-_RED_THINGS = """(i) => {
-    const cell = (""" + _CELLS + """)()[i];
+_RED_THINGS = (
+    """(i) => {
+    const cell = ("""
+    + _CELLS
+    + """)()[i];
     const red = (c) => {
         const m = c.match(/rgba?\\((\\d+), (\\d+), (\\d+)(?:, ([\\d.]+))?/);
         return m && (m[4] === undefined || +m[4] > 0.3)
@@ -321,20 +389,27 @@ _RED_THINGS = """(i) => {
     }
     return found;
 }"""
+)
 
 # From now on, note the index of every code cell whose prompt shows [*], however briefly.
-_WATCH_RUNS = """() => {
+_WATCH_RUNS = (
+    """() => {
     if (window.__nstObserver) window.__nstObserver.disconnect();
     window.__nstRan = new Set();
-    const note = () => (""" + _CELLS + """)().forEach((c, i) => {
+    const note = () => ("""
+    + _CELLS
+    + """)().forEach((c, i) => {
         const p = c.querySelector('.jp-InputArea-prompt');
         if (p && p.textContent.includes('*')) window.__nstRan.add(i);
     });
     window.__nstObserver = new MutationObserver(note);
-    window.__nstObserver.observe(document.querySelector('""" + _PANEL + """ .jp-Notebook'),
+    window.__nstObserver.observe(document.querySelector('"""
+    + _PANEL
+    + """ .jp-Notebook'),
                                  {subtree: true, childList: true, characterData: true});
     note();
 }"""
+)
 
 ERROR_TEXT = re.compile(r"Traceback|Error|Exception")  # in a traceback, "Error displaying widget"
 
@@ -357,8 +432,7 @@ class Notebook:
         target = self.shots / f"{self.n_shots:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.png"
         with contextlib.suppress(Exception):
             if cell is not None:
-                self.page.evaluate(f"() => ({_CELLS})()[{cell}]"
-                                   ".scrollIntoView({block: 'start'})")
+                self.page.evaluate(f"() => ({_CELLS})()[{cell}].scrollIntoView({{block: 'start'}})")
             self.page.screenshot(path=str(target))
         return target
 
@@ -407,9 +481,13 @@ class Notebook:
         return "jp-mod-dirty" in (tab.get_attribute("class") or "")
 
     def kernel_idle(self) -> bool:
-        return self.page.evaluate(
-            f"() => (document.querySelector('{_PANEL} .jp-Notebook-ExecutionIndicator')"
-            " || {dataset: {}}).dataset.status") == "idle"
+        return (
+            self.page.evaluate(
+                f"() => (document.querySelector('{_PANEL} .jp-Notebook-ExecutionIndicator')"
+                " || {dataset: {}}).dataset.status"
+            )
+            == "idle"
+        )
 
     # ---------------------------------------------------------------- doing
     def open(self, n_cells: int, timeout: float = 90) -> None:
@@ -424,18 +502,21 @@ class Notebook:
         self._wait_shown(n_cells, timeout)
 
     def _wait_shown(self, n_cells: int, timeout: float) -> None:
-        self.page.wait_for_function(f"() => ({_CELLS})().length >= {n_cells}",
-                                    timeout=timeout * 1000)
+        self.page.wait_for_function(
+            f"() => ({_CELLS})().length >= {n_cells}", timeout=timeout * 1000
+        )
         self.wait_idle(timeout)
 
     def menu(self, *labels: str) -> None:
         """Click through the menu bar: menu("Run", "Run All Cells")."""
-        top = self.page.locator("#jp-menu-panel .lm-MenuBar-item",
-                                has_text=re.compile(f"^{re.escape(labels[0])}$"))
+        top = self.page.locator(
+            "#jp-menu-panel .lm-MenuBar-item", has_text=re.compile(f"^{re.escape(labels[0])}$")
+        )
         top.click()
         for label in labels[1:]:
-            name = self.page.locator(".lm-Menu-itemLabel",
-                                     has_text=re.compile(f"^{re.escape(label)}"))
+            name = self.page.locator(
+                ".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(label)}")
+            )
             self.page.locator(".lm-Menu:visible .lm-Menu-item", has=name).first.click()
 
     def accept_dialog(self, timeout: float = 10) -> bool:

@@ -32,8 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "style_transfer.ipynb"
 # Tiny sizes: a 2-core CPU makes the main picture in seconds; 60 evaluations leave time to watch
 # the progress and to interrupt mid-way. BROWSER_TOUR=1 runs the whole tour in Restart and Run All.
-TINY = dict(image_size=64, num_evals=60, preview_every=10, device="cpu", sections="core",
-            extra_size=96, hires_size=192, layers_size=64, extra_evals=4, layers_evals=2)
+TINY = dict(
+    image_size=64,
+    num_evals=60,
+    preview_every=10,
+    device="cpu",
+    sections="core",
+    extra_size=96,
+    hires_size=192,
+    layers_size=64,
+    extra_evals=4,
+    layers_evals=2,
+)
 EARLIER_RESULT = "results/dog_starry_night.png"  # a picture of an "earlier run": it must survive
 
 
@@ -55,8 +65,9 @@ class Session:
         self.upload = next(i for i in self.code if "ask_for_pictures(" in self.sources[i])
         in_cell = "upload" in lab_driver.assigned(self.sources[self.upload])
         self.upload_knob = self.upload if in_cell else self.params
-        self.stylize = next(i for i in self.code
-                            if re.search(r"(?<!def )\bstylize\(", self.sources[i]))
+        self.stylize = next(
+            i for i in self.code if re.search(r"(?<!def )\bstylize\(", self.sources[i])
+        )
         self.after_stylize = [i for i in self.code if i > self.stylize]
         knobs = lab_driver.assigned(self.params_source)
         self.defaults = [Path(str(knobs[k])).name for k in ("content_path", "style_path")]
@@ -85,9 +96,12 @@ class Session:
 
     def files(self) -> dict[str, str]:
         """The sha256 of every file under results/ and assets/ of the copy."""
-        return {str(p.relative_to(self.repo)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for top in ("results", "assets") for p in sorted((self.repo / top).rglob("*"))
-                if p.is_file()}
+        return {
+            str(p.relative_to(self.repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for top in ("results", "assets")
+            for p in sorted((self.repo / top).rglob("*"))
+            if p.is_file()
+        }
 
     def disk_step(self, problems: Problems, pictures: int = 0) -> list[str]:
         """Since the last step: no file changed or removed, no temporary left, at least `pictures`
@@ -99,10 +113,15 @@ class Session:
         problems.check(not changed, f"files overwritten or removed: {changed}")
         hidden = [p for p in new if Path(p).name.startswith(".")]
         problems.check(not hidden, f"temporary files left behind: {hidden}")
-        pngs = [p for p in new if p.startswith("results/") and p.endswith(".png")
-                and "/uploads/" not in p]
-        problems.check(len(pngs) >= pictures,
-                       f"expected at least {pictures} new picture(s) in results/, found {pngs}")
+        pngs = [
+            p
+            for p in new
+            if p.startswith("results/") and p.endswith(".png") and "/uploads/" not in p
+        ]
+        problems.check(
+            len(pngs) >= pictures,
+            f"expected at least {pictures} new picture(s) in results/, found {pngs}",
+        )
         return new
 
 
@@ -139,8 +158,13 @@ class Problems:
         self.session.log(self.step, f"took {time.monotonic() - self.started:.1f} s")
         if self.items:
             note = f"\n({self.note})" if self.note else ""
-            pytest.fail(f"[{self.step}] " + "\n".join(self.items) + note
-                        + f"\n(screenshot {last}; all in {self.session.shots})", pytrace=False)
+            pytest.fail(
+                f"[{self.step}] "
+                + "\n".join(self.items)
+                + note
+                + f"\n(screenshot {last}; all in {self.session.shots})",
+                pytrace=False,
+            )
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +218,9 @@ def ensure_idle(nb: lab_driver.Notebook) -> None:
         nb.wait_idle(60)
 
 
-def wait_until_running(nb: lab_driver.Notebook, cell: int, previous: int,
-                       timeout: float = 120) -> None:
+def wait_until_running(
+    nb: lab_driver.Notebook, cell: int, previous: int, timeout: float = 120
+) -> None:
     """Wait until `cell` runs: it shows [*] while the code cell before it shows its number."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -206,8 +231,9 @@ def wait_until_running(nb: lab_driver.Notebook, cell: int, previous: int,
     raise TimeoutError(f"cell {cell} did not start within {timeout} s")
 
 
-def watch(nb: lab_driver.Notebook, cell: int, until,
-          timeout: float = 180) -> tuple[list, list, int]:
+def watch(
+    nb: lab_driver.Notebook, cell: int, until, timeout: float = 180
+) -> tuple[list, list, int]:
     """Look at `cell`'s outputs every 0.1 s until `until(texts, pictures)` or the cell's end: the
     distinct texts and pictures seen, and the most pictures it showed at once."""
     texts, pictures, most = [], [], 0
@@ -237,8 +263,11 @@ def test_opening_the_notebook_does_not_mark_it_modified(lab):
     nb.open(lab.n_cells)
     problems = Problems(lab, "open")
     time.sleep(3)  # the kernel has started and told its name
-    problems.check(not nb.is_dirty(), "opening the notebook marked it modified (its tab shows the "
-                   "unsaved-changes dot: closing it asks to save changes nobody made)")
+    problems.check(
+        not nb.is_dirty(),
+        "opening the notebook marked it modified (its tab shows the "
+        "unsaved-changes dot: closing it asks to save changes nobody made)",
+    )
     problems.errors(None, "the stored notebook")
     lab.disk_step(problems)
     problems.done(lab.stylize)
@@ -258,8 +287,9 @@ def test_run_all_shows_progress_and_preview_in_place_and_saves(lab):
     problems.check(len(pictures) >= 2, f"the preview did not change while stylize ran: {pictures}")
     problems.check(most <= 1, f"the preview was not updated in place: {most} pictures at once")
     executed = nb.ran()
-    problems.check(not not_run(executed, lab.code),
-                   f"cells that did not run: {not_run(executed, lab.code)}")
+    problems.check(
+        not not_run(executed, lab.code), f"cells that did not run: {not_run(executed, lab.code)}"
+    )
     problems.errors(executed, "Run All")
     lab.log("run-all", f"stylize's output at its end:\n{nb.output_text(lab.stylize)}")
     lab.disk_step(problems, pictures=1)
@@ -277,8 +307,10 @@ def interrupt_mid_run(lab: Session, problems: Problems, second_press: bool) -> N
     while "*" not in nb.cells()[lab.stylize]["prompt"] and time.monotonic() < end:
         time.sleep(0.02)
     watch(nb, lab.stylize, lambda texts, pictures: len(pictures) >= 2 and len(texts) >= 3)
-    problems.check("*" in nb.cells()[lab.stylize]["prompt"],
-                   "the run ended before it could be interrupted (too fast for this test?)")
+    problems.check(
+        "*" in nb.cells()[lab.stylize]["prompt"],
+        "the run ended before it could be interrupted (too fast for this test?)",
+    )
     nb.toolbar("interrupt")
     pressed = time.monotonic()
     if second_press:
@@ -287,8 +319,10 @@ def interrupt_mid_run(lab: Session, problems: Problems, second_press: bool) -> N
         waiting = nb.busy_cells()
         nb.toolbar("interrupt")
         nb.screenshot("second-interrupt-pressed", waiting[0] if waiting else lab.stylize)
-        problems.note = (f"the second Interrupt came {time.monotonic() - pressed:.1f} s after the "
-                         f"first, while cells {waiting[:3]} were running or queued")
+        problems.note = (
+            f"the second Interrupt came {time.monotonic() - pressed:.1f} s after the "
+            f"first, while cells {waiting[:3]} were running or queued"
+        )
         lab.log(problems.step, problems.note)
     nb.wait_idle(120)
     executed = nb.ran()
@@ -331,14 +365,18 @@ def test_interrupt_at_the_very_start_of_a_run(lab):
     nb.wait_idle(120)
     executed = nb.ran()
     skipped = not_run(executed, lab.after_stylize)
-    problems.check(not skipped, f"Interrupt at the start of stylize cancelled the cells after it: "
-                   f"{skipped}")
+    problems.check(
+        not skipped, f"Interrupt at the start of stylize cancelled the cells after it: {skipped}"
+    )
     problems.errors(executed, "Interrupt at the start")
     red = nb.red_things(lab.stylize)
     problems.check(not red, f"after Interrupt the progress display looks like an error: {red}")
     text = nb.output_text(lab.stylize)
-    problems.check(bool(text.strip()), "the interrupted run says nothing (neither that it kept a "
-                   "picture nor that none exists yet)")
+    problems.check(
+        bool(text.strip()),
+        "the interrupted run says nothing (neither that it kept a "
+        "picture nor that none exists yet)",
+    )
     lab.log(problems.step, f"stylize's output after Interrupt:\n{text}")
     lab.disk_step(problems)  # a picture only if an evaluation happened
     problems.done(lab.stylize)
@@ -376,12 +414,17 @@ def choose_and_run_on(lab: Session, problems: Problems) -> None:
     nb.run_cell(lab.upload)
     nb.wait_idle(60)
     # a picker: a button (or a file input) in the upload cell's outputs that opens a file chooser
-    pickers = (nb.cell(lab.upload).locator(".jp-OutputArea-output")
-               .locator("button:visible, input[type=file]:visible"))
+    pickers = (
+        nb.cell(lab.upload)
+        .locator(".jp-OutputArea-output")
+        .locator("button:visible, input[type=file]:visible")
+    )
     where = "the parameters cell" if lab.upload_knob == lab.params else "the upload cell"
-    if not problems.check(pickers.count() >= 2, f"upload = True set in {where}, then the upload "
-                          "cell run: no file pickers appear; it shows:\n"
-                          + nb.output_text(lab.upload)):
+    if not problems.check(
+        pickers.count() >= 2,
+        f"upload = True set in {where}, then the upload "
+        "cell run: no file pickers appear; it shows:\n" + nb.output_text(lab.upload),
+    ):
         nb.screenshot("upload-no-pickers", lab.upload_knob)
         if lab.upload_knob != lab.params:
             return
@@ -389,8 +432,9 @@ def choose_and_run_on(lab: Session, problems: Problems) -> None:
         nb.wait_idle(60)
         nb.run_cell(lab.upload)
         nb.wait_idle(60)
-        if not problems.check(pickers.count() >= 2, "no file pickers even after running the "
-                              "parameters cell again"):
+        if not problems.check(
+            pickers.count() >= 2, "no file pickers even after running the parameters cell again"
+        ):
             return
     nb.screenshot("upload-pickers", lab.upload)
     pictures = lab.tmp / "pictures"
@@ -406,21 +450,29 @@ def choose_and_run_on(lab: Session, problems: Problems) -> None:
     time.sleep(1)  # what the cell says about them
     nb.screenshot("upload-chosen", lab.upload)
     saved = sorted(p.name for p in uploads.glob("*"))
-    problems.check(any("my_photo" in n for n in saved) and any("my_painting" in n for n in saved),
-                   f"the chosen files were not copied into results/uploads/: {saved}")
+    problems.check(
+        any("my_photo" in n for n in saved) and any("my_painting" in n for n in saved),
+        f"the chosen files were not copied into results/uploads/: {saved}",
+    )
     text = nb.output_text(lab.upload)
     lab.log("upload", f"the upload cell after choosing two files shows:\n{text}")
     last = [line for line in text.splitlines() if line.strip()][-1:]
-    problems.check(not any(d in line for d in lab.defaults for line in last),
-                   f"after choosing files the upload cell still says it uses the defaults: {last}")
+    problems.check(
+        not any(d in line for d in lab.defaults for line in last),
+        f"after choosing files the upload cell still says it uses the defaults: {last}",
+    )
     problems.errors([lab.upload], "upload")
     # As the text says: once chosen, run the notebook on from the next cell.
-    executed = run_and_wait(nb, lambda: (nb.select(lab.upload + 1),
-                                         nb.menu("Run", "Run Selected Cell and All Below")))
+    executed = run_and_wait(
+        nb, lambda: (nb.select(lab.upload + 1), nb.menu("Run", "Run Selected Cell and All Below"))
+    )
     problems.errors(executed, "the run with the chosen pictures")
     new = lab.disk_step(problems, pictures=1)
-    mine = [p for p in new if p.endswith(".png") and "my_photo" in p and "my_painting" in p
-            and "/uploads/" not in p]
+    mine = [
+        p
+        for p in new
+        if p.endswith(".png") and "my_photo" in p and "my_painting" in p and "/uploads/" not in p
+    ]
     problems.check(bool(mine), f"the run after choosing files did not use them: new files {new}")
 
 
@@ -432,15 +484,18 @@ def test_restart_kernel_and_run_all(lab):
     if tour:  # the whole tour, once
         nb.replace_source(lab.params, lab_driver.with_values(lab.params_source, sections="all"))
     try:
-        executed = run_and_wait(nb, lambda: (nb.menu("Kernel", "Restart Kernel and Run All Cells"),
-                                             nb.accept_dialog()),
-                                timeout=900 if tour else 240)
+        executed = run_and_wait(
+            nb,
+            lambda: (nb.menu("Kernel", "Restart Kernel and Run All Cells"), nb.accept_dialog()),
+            timeout=900 if tour else 240,
+        )
     finally:
         if tour:
             ensure_idle(nb)
             nb.replace_source(lab.params, lab.params_source)
-    problems.check(not not_run(executed, lab.code),
-                   f"cells that did not run: {not_run(executed, lab.code)}")
+    problems.check(
+        not not_run(executed, lab.code), f"cells that did not run: {not_run(executed, lab.code)}"
+    )
     problems.errors(executed, "Restart Kernel and Run All")
     red = nb.red_things(lab.stylize)
     problems.check(not red, f"the progress display of a finished run looks like an error: {red}")
@@ -470,8 +525,10 @@ def test_saved_closed_and_reopened_notebook_shows_no_errors(lab):
     lab.log("reopen", f"stylize's output in the reopened notebook:\n{nb.output_text(lab.stylize)}")
     problems.errors(None, "the reopened notebook")
     shown = nb.cells()[lab.stylize]["outputs"]
-    problems.check(any(o["text"].strip() or o["images"] for o in shown),
-                   "the reopened notebook shows nothing where the run's progress was")
+    problems.check(
+        any(o["text"].strip() or o["images"] for o in shown),
+        "the reopened notebook shows nothing where the run's progress was",
+    )
     problems.check(not nb.is_dirty(), "reopening the saved notebook marked it modified")
     lab.disk_step(problems)
     problems.done(lab.stylize)
