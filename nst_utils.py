@@ -510,7 +510,7 @@ def ask_for_pictures(paths: Mapping[str, str], *, ask: object = True,
     Colab: an upload dialog per role. Jupyter, VS Code: a file picker per role; a choice made later
     updates the returned dict. Headless (:func:`in_notebook` False): the paths. Uploads are
     checked and saved into ``folder`` as ``ROLE-NAME`` (never over a file)."""
-    chosen = dict(paths)
+    chosen = {role: str(path) for role, path in paths.items()}
     if not boolean("upload", ask):
         return chosen
     folder = Path(folder).expanduser()
@@ -996,8 +996,9 @@ class RunResult(SimpleNamespace):
         return {k: v for k, v in vars(self).items() if k not in ("image", "frames")}
 
     def __repr__(self) -> str:
-        return (f"RunResult({self.evaluations} evaluations in {self.seconds:.1f} s, best loss "
-                f"{self.best_loss:.4g}, stopped: {self.stop_reason})")
+        best = f"best loss {self.best_loss:.4g}" if self.evaluations else "no evaluation"
+        return (f"RunResult({self.evaluations} evaluations in {self.seconds:.1f} s, {best}, "
+                f"stopped: {self.stop_reason})")
 
 
 def _absorb_interrupts(seconds: float) -> None:
@@ -1131,7 +1132,7 @@ class Monitor:
                          evaluations=self.evaluations, changed=changed)
 
 
-# --------------------------------------------------------------------------- fast style transfer: photos, checkpoints, video
+# ---------------------------------------------- fast style transfer: photos, checkpoints, video
 #: File endings read as photos by :func:`list_photos`.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 

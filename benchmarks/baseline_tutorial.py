@@ -50,8 +50,14 @@ if str(ROOT) not in sys.path:
 import nst_utils as nst  # noqa: E402
 from benchmarks.measure import device_name, peak_memory_mb  # noqa: E402
 
-__all__ = ["ContentLoss", "StyleLoss", "build_model", "run_baseline", "DEFAULT_CONTENT_LAYERS",
-           "DEFAULT_STYLE_LAYERS"]
+__all__ = [
+    "ContentLoss",
+    "StyleLoss",
+    "build_model",
+    "run_baseline",
+    "DEFAULT_CONTENT_LAYERS",
+    "DEFAULT_STYLE_LAYERS",
+]
 
 #: The notebook's default layers (run_benchmark.py reads the notebook's own and passes them in).
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
@@ -110,7 +116,8 @@ def build_model(
     if unknown or not content_layers or not style_layers:
         raise nst.ParameterError(
             f"need at least one content and one style layer among {list(cnn._modules)}; got "
-            f"content_layers={list(content_layers)}, style_layers={list(style_layers)}")
+            f"content_layers={list(content_layers)}, style_layers={list(style_layers)}"
+        )
     cnn = copy.deepcopy(cnn)
     model = nn.Sequential()
     content_losses: list[ContentLoss] = []
@@ -176,8 +183,9 @@ def run_baseline(
     content = nst.image_to_tensor(nst.load_image(content_path, size), dev)
     style = nst.image_to_tensor(nst.load_image(style_path, size), dev)
     cnn = nst.load_vgg19("caffe", device=dev)
-    model, content_losses, style_losses = build_model(cnn, content, style, content_layers,
-                                                      style_layers)
+    model, content_losses, style_losses = build_model(
+        cnn, content, style, content_layers, style_layers
+    )
     del cnn
 
     image = content.clone().requires_grad_(True)
@@ -195,13 +203,22 @@ def run_baseline(
         loss = content_weight * c + style_weight * s
         loss.backward()
         n = len(history) + 1
-        history.append({"eval": n, "seconds": time.perf_counter() - start,
-                        "loss": float(loss.detach()), "content": float(c.detach()),
-                        "style": float(s.detach())})
+        history.append(
+            {
+                "eval": n,
+                "seconds": time.perf_counter() - start,
+                "loss": float(loss.detach()),
+                "content": float(c.detach()),
+                "style": float(s.detach()),
+            }
+        )
         if print_every and (n == 1 or n % print_every == 0):
-            print(f"baseline eval {n:4d}/{num_evals}  loss {history[-1]['loss']:.4g}  "
-                  f"content {history[-1]['content']:.4g}  style {history[-1]['style']:.4g}  "
-                  f"({history[-1]['seconds']:.1f} s)", flush=True)
+            print(
+                f"baseline eval {n:4d}/{num_evals}  loss {history[-1]['loss']:.4g}  "
+                f"content {history[-1]['content']:.4g}  style {history[-1]['style']:.4g}  "
+                f"({history[-1]['seconds']:.1f} s)",
+                flush=True,
+            )
         if n >= num_evals:
             raise _BudgetSpent
         return loss
@@ -223,11 +240,18 @@ def run_baseline(
     evals = len(history)
     return {
         "algorithm": "official PyTorch tutorial (Sequential surgery, LBFGS defaults, clamp in "
-                     "closure)",
-        "device": str(dev), "device_name": device_name(dev), "weights": "caffe",
-        "image_hw": list(content.shape[-2:]), "evals": evals, "seconds": seconds,
-        "seconds_per_eval": seconds / evals, "peak_memory_mb": peak_memory_mb(dev),
-        "stop_reason": stop_reason, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "closure)",
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "weights": "caffe",
+        "image_hw": list(content.shape[-2:]),
+        "evals": evals,
+        "seconds": seconds,
+        "seconds_per_eval": seconds / evals,
+        "peak_memory_mb": peak_memory_mb(dev),
+        "stop_reason": stop_reason,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "history": history,
     }
 
@@ -247,16 +271,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json-out", help="write the run's numbers here (JSON)")
     parser.add_argument("--image-out", help="save the final picture here (PNG)")
     args = parser.parse_args(argv)
-    run = run_baseline(args.content, args.style, args.size, args.evals, args.content_weight,
-                       args.style_weight, args.content_layers, args.style_layers, args.device,
-                       print_every=args.print_every, image_out=args.image_out)
+    run = run_baseline(
+        args.content,
+        args.style,
+        args.size,
+        args.evals,
+        args.content_weight,
+        args.style_weight,
+        args.content_layers,
+        args.style_layers,
+        args.device,
+        print_every=args.print_every,
+        image_out=args.image_out,
+    )
     if args.json_out:
         out = nst.OutputDir(Path(args.json_out).parent, overwrite=True)
         out.save_json(run, Path(args.json_out).name)
     last = run["history"][-1]
-    print(f"baseline: {run['evals']} evaluations in {run['seconds']:.1f} s "
-          f"({run['seconds_per_eval']:.3f} s/eval), final loss {last['loss']:.4g}, "
-          f"peak memory {run['peak_memory_mb']:.0f} MB on {run['device_name']}")
+    print(
+        f"baseline: {run['evals']} evaluations in {run['seconds']:.1f} s "
+        f"({run['seconds_per_eval']:.3f} s/eval), final loss {last['loss']:.4g}, "
+        f"peak memory {run['peak_memory_mb']:.0f} MB on {run['device_name']}"
+    )
     return 0
 
 

@@ -24,26 +24,57 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ROOT / "benchmarks" / "fast_benchmark.py"
-PROBE = ("import json, torch; from benchmarks.measure import device_name; c = torch.cuda."
-         "is_available(); print(json.dumps({'torch': torch.__version__, 'cuda': c, "
-         "'card': device_name('cuda' if c else 'cpu')}))")
+PROBE = (
+    "import json, torch; from benchmarks.measure import device_name; c = torch.cuda."
+    "is_available(); print(json.dumps({'torch': torch.__version__, 'cuda': c, "
+    "'card': device_name('cuda' if c else 'cpu')}))"
+)
 DRY_TESTS = ["tests/test_benchmark.py", "-k", "time_to_reach", "-p", "no:cacheprovider"]
 
 
 def steps(out: Path, dry: bool) -> list[tuple[str, list[str], dict]]:
     """(name, arguments of ``python``, extra environment) of each step."""
     dev = "cpu" if dry else "cuda"
-    nb = {"sections": "core", "device": dev, "output_dir": out / "main", "overwrite": True,
-          **({"image_size": 64, "num_evals": 4, "frame_every": 0} if dry else {})}
-    return [("device", ["-c", PROBE], {}),
-            ("tests", ["-m", "pytest", "-q", *DRY_TESTS * dry], {"NST_TEST_DEVICE": dev}),
-            ("main", ["-m", "papermill", "style_transfer.ipynb", str(out / "main.ipynb"), "--cwd",
-                      str(ROOT), "--no-progress-bar", "--log-output",
-                      *(x for k, v in nb.items() for x in ("-p", k, str(v)))], {}),
-            ("bench", ["benchmarks/run_benchmark.py", "--device", dev, "--sizes",
-                       *(["64", "--evals", "3"] if dry else ["512", "1024", "--evals", "300"]),
-                       "--out", str(out / "bench")], {}),
-            *([("fast", [str(FAST), "--device", dev], {})] if FAST.is_file() and not dry else [])]
+    nb = {
+        "sections": "core",
+        "device": dev,
+        "output_dir": out / "main",
+        "overwrite": True,
+        **({"image_size": 64, "num_evals": 4, "frame_every": 0} if dry else {}),
+    }
+    return [
+        ("device", ["-c", PROBE], {}),
+        ("tests", ["-m", "pytest", "-q", *DRY_TESTS * dry], {"NST_TEST_DEVICE": dev}),
+        (
+            "main",
+            [
+                "-m",
+                "papermill",
+                "style_transfer.ipynb",
+                str(out / "main.ipynb"),
+                "--cwd",
+                str(ROOT),
+                "--no-progress-bar",
+                "--log-output",
+                *(x for k, v in nb.items() for x in ("-p", k, str(v))),
+            ],
+            {},
+        ),
+        (
+            "bench",
+            [
+                "benchmarks/run_benchmark.py",
+                "--device",
+                dev,
+                "--sizes",
+                *(["64", "--evals", "3"] if dry else ["512", "1024", "--evals", "300"]),
+                "--out",
+                str(out / "bench"),
+            ],
+            {},
+        ),
+        *([("fast", [str(FAST), "--device", dev], {})] if FAST.is_file() and not dry else []),
+    ]
 
 
 def run(name: str, args: list[str], env: dict, out: Path, deadline: float) -> dict:
@@ -52,8 +83,14 @@ def run(name: str, args: list[str], env: dict, out: Path, deadline: float) -> di
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {shown}", flush=True)
     t0 = time.perf_counter()
     with open(out / f"{name}.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -72,14 +109,24 @@ def summarise(out: Path, done: list[dict], title: str) -> str:
     t = [0.0] + [float(h["seconds"]) for h in run["history"]]
     ms = 1e3 * statistics.median(b - a for a, b in zip(t, t[1:], strict=False)) if t[1:] else 0
     wall = {s["step"]: s["seconds"] for s in done}
-    text = [title, "", "| step | exit | seconds | command |", "|---|---|--:|---|",
-            *(f"| {s['step']} | {s['rc']} | {s['seconds']} | `{s['cmd']}` |" for s in done), "",
-            f"- tests: {(tests or ['no result'])[-1]}",
-            f"- main job: {wall.get('main')} s from command to end; {len(t) - 1} evaluations in "
-            f"{t[-1]:.1f} s, {ms:.1f} ms each (median)",
-            *(["- fast_benchmark.py, last lines:", "```", *log["fast"].splitlines()[-15:], "```"]
-              if "fast" in log else ["- fast_benchmark.py: not run (dry run, or no such file)"]),
-            "", *(p.read_text(encoding="utf-8") for p in out.glob("bench/benchmark_*.md"))]
+    text = [
+        title,
+        "",
+        "| step | exit | seconds | command |",
+        "|---|---|--:|---|",
+        *(f"| {s['step']} | {s['rc']} | {s['seconds']} | `{s['cmd']}` |" for s in done),
+        "",
+        f"- tests: {(tests or ['no result'])[-1]}",
+        f"- main job: {wall.get('main')} s from command to end; {len(t) - 1} evaluations in "
+        f"{t[-1]:.1f} s, {ms:.1f} ms each (median)",
+        *(
+            ["- fast_benchmark.py, last lines:", "```", *log["fast"].splitlines()[-15:], "```"]
+            if "fast" in log
+            else ["- fast_benchmark.py: not run (dry run, or no such file)"]
+        ),
+        "",
+        *(p.read_text(encoding="utf-8") for p in out.glob("bench/benchmark_*.md")),
+    ]
     return "\n".join(text) + "\n"
 
 
@@ -100,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             device = json.loads(lines[-1]) if done[0]["rc"] == 0 and lines else {}
             if not (args.dry_run or device.get("cuda")):
                 sys.exit(f"no CUDA GPU here (see {out / 'device.log'}); try --dry-run")
-    title = (f"# GPU check {stamp:%Y-%m-%d %H:%M %Z}: {device.get('card')}, PyTorch "
-             f"{device.get('torch')}{' (dry run)' * args.dry_run}")
+    title = (
+        f"# GPU check {stamp:%Y-%m-%d %H:%M %Z}: {device.get('card')}, PyTorch "
+        f"{device.get('torch')}{' (dry run)' * args.dry_run}"
+    )
     (out / "summary.md").write_text(summarise(out, done, title), encoding="utf-8")
     print((out / "summary.md").read_text(encoding="utf-8"), f"all in {out}", flush=True)
     return 0 if all(s["rc"] == 0 for s in done) else 1

@@ -45,12 +45,25 @@ NOTEBOOK = ROOT / "style_transfer.ipynb"
 BASELINE = ROOT / "benchmarks" / "baseline_tutorial.py"
 
 #: Notebook parameters that define the problem; both runs get the notebook's defaults of these.
-PROBLEM_PARAMETERS = ("content_path", "style_path", "content_layers", "style_layers",
-                      "content_weight", "style_weight")
+PROBLEM_PARAMETERS = (
+    "content_path",
+    "style_path",
+    "content_layers",
+    "style_layers",
+    "content_weight",
+    "style_weight",
+)
 #: Fixed settings of the notebook run (the baseline has no total-variation term and uses max
 #: pooling, as the tutorial does; both are also the notebook's defaults).
-NOTEBOOK_FIXED = {"sections": "core", "frame_every": 5, "weights": "caffe", "tv_weight": 0.0,
-                  "pooling": "max", "overwrite": True, "live": False}
+NOTEBOOK_FIXED = {
+    "sections": "core",
+    "frame_every": 5,
+    "weights": "caffe",
+    "tv_weight": 0.0,
+    "pooling": "max",
+    "overwrite": True,
+    "live": False,
+}
 
 
 # --------------------------------------------------------------------------- notebook defaults
@@ -64,8 +77,11 @@ def notebook_defaults(notebook: str | os.PathLike = NOTEBOOK) -> dict:
     ``content_weight, style_weight, tv_weight = 1.0, 5.0, 0.0``.
     """
     nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    cells = [c for c in nb["cells"] if c["cell_type"] == "code"
-             and "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [
+        c
+        for c in nb["cells"]
+        if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])
+    ]
     if len(cells) != 1:
         raise ValueError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
     source = "".join(cells[0]["source"])
@@ -114,8 +130,9 @@ def time_to_reach(history: Sequence[Mapping], target: float) -> dict | None:
     return None
 
 
-def speedup(baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapping],
-            target: float) -> dict:
+def speedup(
+    baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapping], target: float
+) -> dict:
     """How much sooner the notebook reaches ``target`` than the baseline.
 
     Returns ``{"target", "baseline", "notebook", "ratio", "kind", "text"}`` where ``baseline`` and
@@ -129,8 +146,14 @@ def speedup(baseline_history: Sequence[Mapping], notebook_history: Sequence[Mapp
     * ``"n/a"``: neither reached it, the target is not finite, or a history is empty.
     """
     base, nb = time_to_reach(baseline_history, target), time_to_reach(notebook_history, target)
-    out = {"target": target, "baseline": base, "notebook": nb, "ratio": None, "kind": "n/a",
-           "text": "n/a"}
+    out = {
+        "target": target,
+        "baseline": base,
+        "notebook": nb,
+        "ratio": None,
+        "kind": "n/a",
+        "text": "n/a",
+    }
 
     def total(history: Sequence[Mapping]) -> float:
         return float(history[-1]["seconds"]) if history else 0.0
@@ -159,15 +182,26 @@ def summarize(baseline: Mapping | None, notebook: Mapping | None) -> dict:
         h = run["history"]
         losses = [(float(e["loss"]), int(e["eval"])) for e in h if math.isfinite(float(e["loss"]))]
         best_loss, best_eval = min(losses) if losses else (math.nan, None)
-        return {"evals": len(h), "stop_reason": run.get("stop_reason"),
-                "seconds": run.get("seconds"), "seconds_per_eval": per_eval_seconds(h),
-                "peak_memory_mb": run.get("peak_memory_mb"),
-                "last_loss": float(h[-1]["loss"]) if h else math.nan, "best_loss": best_loss,
-                "best_eval": best_eval, "device_name": run.get("device_name"),
-                "image_hw": run.get("image_hw"), "threads": run.get("threads")}
+        return {
+            "evals": len(h),
+            "stop_reason": run.get("stop_reason"),
+            "seconds": run.get("seconds"),
+            "seconds_per_eval": per_eval_seconds(h),
+            "peak_memory_mb": run.get("peak_memory_mb"),
+            "last_loss": float(h[-1]["loss"]) if h else math.nan,
+            "best_loss": best_loss,
+            "best_eval": best_eval,
+            "device_name": run.get("device_name"),
+            "image_hw": run.get("image_hw"),
+            "threads": run.get("threads"),
+        }
 
-    return {"baseline": side(baseline), "notebook": side(notebook),
-            "to_final_loss": speedup(bh, nh, final), "to_best_loss": speedup(bh, nh, best)}
+    return {
+        "baseline": side(baseline),
+        "notebook": side(notebook),
+        "to_final_loss": speedup(bh, nh, final),
+        "to_best_loss": speedup(bh, nh, best),
+    }
 
 
 # --------------------------------------------------------------------------- formatting
@@ -205,32 +239,46 @@ def markdown_section(entry: Mapping, meta: Mapping) -> str:
         return f"{_num(times['median'], '.3f')} ({_num(times['mean'], '.3f')})"
 
     threads = b.get("threads") or meta["threads"]
-    lines += ["", f"{' / '.join(sorted(names))}; PyTorch {meta['torch']}; torch threads: "
-              f"{threads}; {meta['date']}", "",
-              "| | official tutorial's algorithm | this notebook |", "|---|---:|---:|",
-              row("evaluations run (stop)", lambda x: f"{x['evals']} ({x['stop_reason']})"),
-              row("seconds per evaluation, median (mean)", per_eval),
-              row("peak memory (MB)", lambda x: _num(x["peak_memory_mb"], ".0f")),
-              row("loss at its last evaluation",
-                  lambda x: f"{_num(x['last_loss'], '.4g')} (eval {x['evals']})"),
-              row("best loss", lambda x: f"{_num(x['best_loss'], '.4g')} (eval {x['best_eval']})")]
-    for key, label in (("to_final_loss", f"the baseline's loss at eval {b['evals']}"),
-                       ("to_best_loss", "the baseline's best loss")):
+    lines += [
+        "",
+        f"{' / '.join(sorted(names))}; PyTorch {meta['torch']}; torch threads: "
+        f"{threads}; {meta['date']}",
+        "",
+        "| | official tutorial's algorithm | this notebook |",
+        "|---|---:|---:|",
+        row("evaluations run (stop)", lambda x: f"{x['evals']} ({x['stop_reason']})"),
+        row("seconds per evaluation, median (mean)", per_eval),
+        row("peak memory (MB)", lambda x: _num(x["peak_memory_mb"], ".0f")),
+        row(
+            "loss at its last evaluation",
+            lambda x: f"{_num(x['last_loss'], '.4g')} (eval {x['evals']})",
+        ),
+        row("best loss", lambda x: f"{_num(x['best_loss'], '.4g')} (eval {x['best_eval']})"),
+    ]
+    for key, label in (
+        ("to_final_loss", f"the baseline's loss at eval {b['evals']}"),
+        ("to_best_loss", "the baseline's best loss"),
+    ):
         s = summary[key]
-        lines.append(f"| time to first reach {label} ({_num(s['target'], '.4g')}) | "
-                     f"{_reach(s['baseline'])} | {_reach(s['notebook'])} |")
-        lines.append(f"| **speed-up** to {label} (baseline time / notebook time) | 1× | "
-                     f"**{s['text']}** |")
+        lines.append(
+            f"| time to first reach {label} ({_num(s['target'], '.4g')}) | "
+            f"{_reach(s['baseline'])} | {_reach(s['notebook'])} |"
+        )
+        lines.append(
+            f"| **speed-up** to {label} (baseline time / notebook time) | 1× | **{s['text']}** |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def markdown_report(entries: Iterable[Mapping], meta: Mapping) -> str:
-    head = (f"## Benchmark: official tutorial's algorithm vs this notebook ({meta['date']})\n\n"
-            f"Same images, layers, loss definitions and weights; {meta['evals']} evaluations for "
-            f"the baseline, {meta['notebook_evals']} for the notebook. Seconds per evaluation: "
-            "median of the per-evaluation times (mean in brackets). Peak memory: process peak RSS "
-            "on a CPU, `torch.cuda.max_memory_allocated` on CUDA. Produced by "
-            f"`python benchmarks/run_benchmark.py {meta['command']}`.\n")
+    head = (
+        f"## Benchmark: official tutorial's algorithm vs this notebook ({meta['date']})\n\n"
+        f"Same images, layers, loss definitions and weights; {meta['evals']} evaluations for "
+        f"the baseline, {meta['notebook_evals']} for the notebook. Seconds per evaluation: "
+        "median of the per-evaluation times (mean in brackets). Peak memory: process peak RSS "
+        "on a CPU, `torch.cuda.max_memory_allocated` on CUDA. Produced by "
+        f"`python benchmarks/run_benchmark.py {meta['command']}`.\n"
+    )
     return "\n".join([head] + [markdown_section(e, meta) for e in entries])
 
 
@@ -260,8 +308,15 @@ def _run_quietly(cmd: Sequence[str], env: dict, show) -> float | None:
         show = lambda line: line.lstrip().startswith(prefixes)  # noqa: E731
     tail: list[str] = []
     peak = None
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-60:]
             if show(line):
@@ -277,19 +332,38 @@ def _run_quietly(cmd: Sequence[str], env: dict, show) -> float | None:
     return peak
 
 
-def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, out: Path,
-                         env: dict) -> dict:
+def run_baseline_process(
+    size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict
+) -> dict:
     """Run baseline_tutorial.py in a fresh Python process; return its run JSON."""
     json_out = out / f"baseline_{size}.json"
     json_out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(BASELINE), "--size", str(size), "--evals", str(evals),
-           "--device", device, "--content", problem["content_path"],
-           "--style", problem["style_path"],
-           "--content-weight", repr(float(problem["content_weight"])),
-           "--style-weight", repr(float(problem["style_weight"])),
-           "--content-layers", *problem["content_layers"],
-           "--style-layers", *problem["style_layers"],
-           "--json-out", str(json_out), "--image-out", str(out / f"baseline_{size}.png")]
+    cmd = [
+        sys.executable,
+        str(BASELINE),
+        "--size",
+        str(size),
+        "--evals",
+        str(evals),
+        "--device",
+        device,
+        "--content",
+        problem["content_path"],
+        "--style",
+        problem["style_path"],
+        "--content-weight",
+        repr(float(problem["content_weight"])),
+        "--style-weight",
+        repr(float(problem["style_weight"])),
+        "--content-layers",
+        *problem["content_layers"],
+        "--style-layers",
+        *problem["style_layers"],
+        "--json-out",
+        str(json_out),
+        "--image-out",
+        str(out / f"baseline_{size}.png"),
+    ]
     _run_quietly(cmd, env, lambda line: True)
     return json.loads(json_out.read_text(encoding="utf-8"))
 
@@ -297,16 +371,26 @@ def run_baseline_process(size: int, evals: int, problem: Mapping, device: str, o
 #: A last cell the benchmark appends to its copy of the notebook: only the kernel can read its own
 #: CUDA peak memory (the notebook's run JSON need not record it). Prints null on a CPU.
 PEAK_TAG = "benchmark: CUDA peak MB"
-PEAK_CELL = ("import json as _json, torch as _torch\n"
-             "_peak = _torch.cuda.is_initialized() and _torch.cuda.max_memory_allocated()\n"
-             f"print({PEAK_TAG!r}, _json.dumps(_peak / 2**20 if _peak else None))\n")
+PEAK_CELL = (
+    "import json as _json, torch as _torch\n"
+    "_peak = _torch.cuda.is_initialized() and _torch.cuda.max_memory_allocated()\n"
+    f"print({PEAK_TAG!r}, _json.dumps(_peak / 2**20 if _peak else None))\n"
+)
 
 
 def _notebook_with_peak_cell(dest: Path) -> Path:
     """Write the notebook with :data:`PEAK_CELL` appended to ``dest``; return ``dest``."""
     nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
-    nb["cells"].append({"cell_type": "code", "id": "benchmark-cuda-peak", "metadata": {},
-                        "execution_count": None, "outputs": [], "source": PEAK_CELL})
+    nb["cells"].append(
+        {
+            "cell_type": "code",
+            "id": "benchmark-cuda-peak",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": PEAK_CELL,
+        }
+    )
     dest.write_text(json.dumps(nb, indent=1), encoding="utf-8")
     return dest
 
@@ -317,12 +401,13 @@ def _cuda_peak_mb(executed: Path) -> float | None:
     text = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
     for line in text.splitlines():
         if line.startswith(PEAK_TAG):
-            return json.loads(line[len(PEAK_TAG):])
+            return json.loads(line[len(PEAK_TAG) :])
     return None
 
 
-def run_notebook_process(size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict,
-                         kernel: str) -> dict:
+def run_notebook_process(
+    size: int, evals: int, problem: Mapping, device: str, out: Path, env: dict, kernel: str
+) -> dict:
     """Run the notebook with papermill (its own process, a fresh kernel); return its run JSON.
 
     Its ``peak_memory_mb`` is the kernel's CUDA peak on a GPU, else the kernel's peak RSS.
@@ -332,15 +417,35 @@ def run_notebook_process(size: int, evals: int, problem: Mapping, device: str, o
     stem = f"{Path(problem['content_path']).stem}_{Path(problem['style_path']).stem}"
     run_json = nb_dir / f"{stem}.json"
     run_json.unlink(missing_ok=True)  # so that a stale file from an earlier benchmark is never read
-    parameters = {**problem, **NOTEBOOK_FIXED, "image_size": size, "num_evals": evals,
-                  "device": device, "output_dir": str(nb_dir.resolve())}
+    parameters = {
+        **problem,
+        **NOTEBOOK_FIXED,
+        "image_size": size,
+        "num_evals": evals,
+        "device": device,
+        "output_dir": str(nb_dir.resolve()),
+    }
     params_file = nb_dir / "parameters.json"  # JSON is YAML, which papermill's -f reads
     params_file.write_text(json.dumps(parameters, indent=1), encoding="utf-8")
     source = _notebook_with_peak_cell(nb_dir / "notebook.ipynb")
     executed = nb_dir / "executed.ipynb"
-    cmd = [sys.executable, "-m", "papermill", str(source), str(executed),
-           "-f", str(params_file), "-k", kernel, "--cwd", str(ROOT), "--no-progress-bar",
-           "--log-output", "--log-level", "INFO"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(source),
+        str(executed),
+        "-f",
+        str(params_file),
+        "-k",
+        kernel,
+        "--cwd",
+        str(ROOT),
+        "--no-progress-bar",
+        "--log-output",
+        "--log-level",
+        "INFO",
+    ]
     peak_rss = _run_quietly(cmd, env, NOTEBOOK_PROGRESS)
     if not run_json.is_file():
         raise RuntimeError(f"the notebook ran but wrote no {run_json}")
@@ -378,21 +483,30 @@ def _json_safe(obj):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Time the official tutorial's algorithm and this "
-                                     "notebook side by side (see benchmarks/README.md).")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256],
-                        help="long sides in px (default 256)")
-    parser.add_argument("--evals", type=int, default=300,
-                        help="baseline evaluations per size (default 300)")
-    parser.add_argument("--notebook-evals", type=int, default=None,
-                        help="notebook evaluations (default: --evals)")
+    parser = argparse.ArgumentParser(
+        description="Time the official tutorial's algorithm and this "
+        "notebook side by side (see benchmarks/README.md)."
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[256], help="long sides in px (default 256)"
+    )
+    parser.add_argument(
+        "--evals", type=int, default=300, help="baseline evaluations per size (default 300)"
+    )
+    parser.add_argument(
+        "--notebook-evals", type=int, default=None, help="notebook evaluations (default: --evals)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in both runs (sets OMP_NUM_THREADS); "
-                             "default: PyTorch's default")
-    parser.add_argument("--kernel", default="python3",
-                        help="Jupyter kernel for the notebook (default python3)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in both runs (sets OMP_NUM_THREADS); default: PyTorch's default",
+    )
+    parser.add_argument(
+        "--kernel", default="python3", help="Jupyter kernel for the notebook (default python3)"
+    )
     args = parser.parse_args(argv)
     if args.evals < 1 or (args.notebook_evals is not None and args.notebook_evals < 1):
         parser.error("--evals and --notebook-evals must be >= 1")
@@ -411,22 +525,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = _child_env(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = {"date": now.isoformat(timespec="seconds"), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "threads": torch.get_num_threads(), "omp_num_threads": env.get("OMP_NUM_THREADS"),
-            "device": args.device, "evals": args.evals, "notebook_evals": nb_evals,
-            "command": " ".join(sys.argv[1:] if argv is None else argv), "problem": problem,
-            "notebook_fixed": NOTEBOOK_FIXED}
+    meta = {
+        "date": now.isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": env.get("OMP_NUM_THREADS"),
+        "device": args.device,
+        "evals": args.evals,
+        "notebook_evals": nb_evals,
+        "command": " ".join(sys.argv[1:] if argv is None else argv),
+        "problem": problem,
+        "notebook_fixed": NOTEBOOK_FIXED,
+    }
     entries: list[dict] = []
-    print(f"Benchmark {now:%Y-%m-%d %H:%M}: sizes {args.sizes}, {args.evals} baseline / "
-          f"{nb_evals} notebook evaluations, device {args.device}, PyTorch {torch.__version__}, "
-          f"{meta['threads']} threads -> {out}", flush=True)
+    print(
+        f"Benchmark {now:%Y-%m-%d %H:%M}: sizes {args.sizes}, {args.evals} baseline / "
+        f"{nb_evals} notebook evaluations, device {args.device}, PyTorch {torch.__version__}, "
+        f"{meta['threads']} threads -> {out}",
+        flush=True,
+    )
     for size in args.sizes:
         entry: dict = {"size": size, "errors": {}}
-        runs = (("baseline", run_baseline_process,
-                 (size, args.evals, problem, args.device, out, env)),
-                ("notebook", run_notebook_process,
-                 (size, nb_evals, problem, args.device, out, env, args.kernel)))
+        runs = (
+            ("baseline", run_baseline_process, (size, args.evals, problem, args.device, out, env)),
+            (
+                "notebook",
+                run_notebook_process,
+                (size, nb_evals, problem, args.device, out, env, args.kernel),
+            ),
+        )
         for side, run, run_args in runs:
             print(f"\n== {size} px: {side} ==", flush=True)
             t0 = time.perf_counter()

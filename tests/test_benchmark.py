@@ -98,8 +98,18 @@ def test_baseline_runs_exactly_the_budget_and_the_loss_falls(tiny_run):
     assert min(h["loss"] for h in history) < history[0]["loss"]
     assert tiny_run["stop_reason"] == "budget" and tiny_run["peak_memory_mb"] > 0
     assert tiny_run["image_hw"] == list(load_pair()[0].shape[-2:])
-    assert {"device", "device_name", "weights", "image_hw", "evals", "seconds", "seconds_per_eval",
-            "peak_memory_mb", "stop_reason", "history"} <= set(tiny_run)
+    assert {
+        "device",
+        "device_name",
+        "weights",
+        "image_hw",
+        "evals",
+        "seconds",
+        "seconds_per_eval",
+        "peak_memory_mb",
+        "stop_reason",
+        "history",
+    } <= set(tiny_run)
     json.dumps(tiny_run, allow_nan=False)
 
 
@@ -117,7 +127,7 @@ def test_loss_modules_sit_right_after_their_layers_and_the_model_ends_at_the_las
         assert names[i + 1] == f"style_loss_{layer}" and isinstance(modules[i + 1], StyleLoss)
     assert isinstance(modules[-1], (ContentLoss, StyleLoss))
     deepest = max(C_LAYERS + S_LAYERS, key=nst.VGG19_LAYERS.index)
-    after_deepest = names[names.index(deepest) + 1:]
+    after_deepest = names[names.index(deepest) + 1 :]
     assert names[-1].endswith(deepest), "cut right after the deepest layer's loss module"
     assert after_deepest
     assert all(n.startswith(("content_loss_", "style_loss_")) for n in after_deepest)
@@ -125,8 +135,9 @@ def test_loss_modules_sit_right_after_their_layers_and_the_model_ends_at_the_las
     assert names[0] == "preprocess"
     # surgery on a deep copy: the shared network is untouched and shares no layer with the model
     assert list(cpu_vgg._modules) == names_before
-    shared = [n for n, m in model.named_children()
-              if n in names_before and m is cpu_vgg.get_submodule(n)]
+    shared = [
+        n for n, m in model.named_children() if n in names_before and m is cpu_vgg.get_submodule(n)
+    ]
     assert not shared
 
 
@@ -158,11 +169,13 @@ def test_first_evaluation_equals_the_notebook_loss_of_the_content_image(tiny_run
 
 def hist(pairs):
     """History from (seconds, loss) pairs."""
-    return [{"eval": i, "seconds": t, "loss": loss, "content": 0.0, "style": 0.0}
-            for i, (t, loss) in enumerate(pairs, 1)]
+    return [
+        {"eval": i, "seconds": t, "loss": loss, "content": 0.0, "style": 0.0}
+        for i, (t, loss) in enumerate(pairs, 1)
+    ]
 
 
-BASE = hist([(1, 10.0), (2, 6.0), (3, 7.0), (4, 5.0), (5, 4.0)])   # the clamp makes it non-monotone
+BASE = hist([(1, 10.0), (2, 6.0), (3, 7.0), (4, 5.0), (5, 4.0)])  # the clamp makes it non-monotone
 FAST = hist([(0.5, 9.0), (1.0, 4.5), (1.5, 3.0), (2.0, 2.0)])
 SLOW = hist([(2, 9.0), (4, 8.0), (8, 6.5)])
 
@@ -201,10 +214,22 @@ def test_per_eval_seconds_median_and_mean():
 
 
 def test_summary_and_table_when_the_notebook_never_gets_there():
-    base = {"history": BASE, "seconds": 5.0, "peak_memory_mb": 100.0, "stop_reason": "budget",
-            "device_name": "CPU", "image_hw": [48, 64]}
-    nb = {"history": SLOW, "seconds": 8.0, "peak_memory_mb": 90.0, "stop_reason": "stalled",
-          "device_name": "CPU", "image_hw": [48, 64]}
+    base = {
+        "history": BASE,
+        "seconds": 5.0,
+        "peak_memory_mb": 100.0,
+        "stop_reason": "budget",
+        "device_name": "CPU",
+        "image_hw": [48, 64],
+    }
+    nb = {
+        "history": SLOW,
+        "seconds": 8.0,
+        "peak_memory_mb": 90.0,
+        "stop_reason": "stalled",
+        "device_name": "CPU",
+        "image_hw": [48, 64],
+    }
     summary = summarize(base, nb)
     assert summary["baseline"]["last_loss"] == 4.0 and summary["baseline"]["best_eval"] == 5
     assert summary["to_final_loss"]["text"].startswith("< ")
@@ -225,17 +250,21 @@ def test_baseline_handles_content_and_style_of_different_shapes():
 def test_peak_memory_of_a_run_covers_its_whole_process_tree():
     # The notebook's kernel is papermill's child: its peak memory counts, not papermill's own.
     grandchild = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"
-    child = ("import subprocess, sys; "
-             f"subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)")
+    child = (
+        "import subprocess, sys; "
+        f"subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    )
     lines = []
-    peak = _run_quietly([sys.executable, "-c", child + "; print('done')"], dict(os.environ),
-                        lines.append)
+    peak = _run_quietly(
+        [sys.executable, "-c", child + "; print('done')"], dict(os.environ), lines.append
+    )
     assert lines == ["done\n"]
     if hasattr(os, "wait4"):
         assert 290 < peak < 2000, peak
     with pytest.raises(RuntimeError, match="exited with status 3"):
-        _run_quietly([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
-                     lambda line: False)
+        _run_quietly(
+            [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), lambda line: False
+        )
 
 
 # --------------------------------------------------------------------------- scripts, end to end
@@ -245,9 +274,14 @@ def test_gpu_check_dry_run_runs_every_script_end_to_end(tmp_path):
     """gpu_check.py's dry run (CPU, tiny sizes, from another folder) runs its steps: the probe, a
     test, the main job, and run_benchmark.py, which runs baseline_tutorial.py and the notebook."""
     out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run",
-                           str(out)], cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", str(out)],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert {"device", "tests", "main", "bench"} <= {p.stem for p in out.glob("*.log")}
     assert (out / "summary.md").stat().st_size > 0
