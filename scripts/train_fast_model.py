@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from functools import partial
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # on shared cores, idle threads sleep
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "fast_style_transfer.ipynb"
