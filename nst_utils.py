@@ -49,6 +49,8 @@ __all__ = [
     "load_image", "image_to_tensor", "tensor_to_image", "show_images", "load_mask",
     "ask_for_pictures", "OutputDir", "gram_matrix", "content_loss", "style_loss", "features",
     "VGG19_LAYERS", "load_vgg19", "layer_index", "Progress", "Monitor", "RunResult",
+    "CheckpointError", "PHOTO_SUFFIXES", "list_photos", "load_photos", "checkpoint_bytes",
+    "load_checkpoint", "load_state", "video_bytes",
 ]
 PathLike = str | os.PathLike
 Checker = Callable[[str, object], object]

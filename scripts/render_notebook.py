@@ -72,8 +72,13 @@ def main() -> None:
             log_output=True,
         )
         nb = clean(json.loads(executed.read_text(encoding="utf-8")))
-        shutil.rmtree(ROOT / "assets" / "results")
-        shutil.copytree(copy / "results", ROOT / "assets" / "results")
+        results = ROOT / "assets" / "results"  # its files, not its subfolders (other notebooks')
+        for old in results.iterdir():
+            if old.is_file():
+                old.unlink()
+        for new in (copy / "results").iterdir():
+            if new.is_file():
+                shutil.copy2(new, results / new.name)
     tmp_out = NOTEBOOK.with_suffix(".ipynb.tmp")
     tmp_out.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp_out, NOTEBOOK)
