@@ -60,8 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=params["model_path"])
     parser.add_argument("--style", default=params["style_path"])
     parser.add_argument("--size", type=int, default=512, help="long side of the timed pictures")
-    parser.add_argument("--image-size", type=int, default=params["image_size"],
-                        help="size of the quality figure (the model's training size)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=params["image_size"],
+        help="size of the quality figure (the model's training size)",
+    )
     parser.add_argument("--budget", type=int, default=300, help="the main notebook's evaluations")
     parser.add_argument("--evals", type=int, default=10, help="L-BFGS evaluations timed at --size")
     parser.add_argument("--quality-evals", type=int, default=params["quality_evals"])
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     c_layers, s_layers = params["content_layers"], params["style_layers"]
     vgg = nst.load_vgg19("caffe", device=device)
     net, info = nb["load_model"](ROOT / args.model, device)
-    heldout = [ROOT / p for p in params["heldout"][:args.photos]]
+    heldout = [ROOT / p for p in params["heldout"][: args.photos]]
 
     def tensor(path, size):
         return nst.image_to_tensor(nst.load_image(path, size), device)
@@ -101,8 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
     quality = {}
     for path in heldout:
         target, losses, n = nb["matching_evaluations"](
-            tensor(path, args.image_size), net, vgg, style_small, c_layers, weights,
-            args.quality_evals)
+            tensor(path, args.image_size),
+            net,
+            vgg,
+            style_small,
+            c_layers,
+            weights,
+            args.quality_evals,
+        )
         quality[path.stem] = n if n else f"> {len(losses)}"
 
     # training seconds per Adam step (the notebook's crop and batch)
@@ -116,31 +126,58 @@ def main(argv: list[str] | None = None) -> dict:
     photos = [nst.image_to_tensor(p, device)[0] for p in images]
     trainee = nb["TransformNet"](params["width"], params["blocks"]).to(device)
     start = time.perf_counter()
-    steps = len(nb["train_network"](trainee, vgg, photos, style_small, args.train_steps, crop=crop,
-                                    batch=params["batch"], lr=params["lr"],
-                                    content_layers=c_layers, weights=weights))
+    steps = len(
+        nb["train_network"](
+            trainee,
+            vgg,
+            photos,
+            style_small,
+            args.train_steps,
+            crop=crop,
+            batch=params["batch"],
+            lr=params["lr"],
+            content_layers=c_layers,
+            weights=weights,
+        )
+    )
     step_s = (time.perf_counter() - start) / max(steps, 1)
 
     rows = [
-        ("device", f"{device} ({platform.processor() or platform.machine()}, "
-                   f"{torch.get_num_threads()} threads)"),
+        (
+            "device",
+            f"{device} ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)",
+        ),
         ("model", f"{args.model} ({info.get('steps')} steps)"),
-        (f"network, s per {args.size} px picture", f"{net_pic:.3f} (fastest of {args.repeat}, "
-                                                   f"mean over {len(heldout)} photos)"),
-        (f"L-BFGS, s per {args.size} px picture",
-         f"{lbfgs_pic:.1f} ({args.budget} evaluations x {statistics.mean(eval_s):.3f} s, "
-         f"measured over {args.evals} and multiplied)"),
+        (
+            f"network, s per {args.size} px picture",
+            f"{net_pic:.3f} (fastest of {args.repeat}, mean over {len(heldout)} photos)",
+        ),
+        (
+            f"L-BFGS, s per {args.size} px picture",
+            f"{lbfgs_pic:.1f} ({args.budget} evaluations x {statistics.mean(eval_s):.3f} s, "
+            f"measured over {args.evals} and multiplied)",
+        ),
         ("speed-up", f"{lbfgs_pic / net_pic:.0f}x"),
-        (f"quality: L-BFGS evaluations to match the network at {args.image_size} px",
-         ", ".join(f"{k} {v}" for k, v in quality.items())),
-        (f"training, s per Adam step ({params['batch']} x {crop} px crops, {source})",
-         f"{step_s:.2f}"),
+        (
+            f"quality: L-BFGS evaluations to match the network at {args.image_size} px",
+            ", ".join(f"{k} {v}" for k, v in quality.items()),
+        ),
+        (
+            f"training, s per Adam step ({params['batch']} x {crop} px crops, {source})",
+            f"{step_s:.2f}",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    return {"network_s": net_pic, "lbfgs_s": lbfgs_pic, "speed_up": lbfgs_pic / net_pic,
-            "quality": quality, "train_step_s": step_s}
+    return {
+        "network_s": net_pic,
+        "lbfgs_s": lbfgs_pic,
+        "speed_up": lbfgs_pic / net_pic,
+        "quality": quality,
+        "train_step_s": step_s,
+    }
 
 
 if __name__ == "__main__":

@@ -31,17 +31,61 @@ DARKNET = "usr/share/darknet/data/{}.jpg"
 
 #: package -> (path pattern inside it, names of the photos to keep)
 TRAIN = {
-    "plasma-workspace-wallpapers": (PLASMA, [
-        "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
-        "Grey", "Kite", "OneStandsOut", "Path", "Volna", "summer_1am"]),
-    "mate-backgrounds": (MATE, [
-        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops",
-        "Storm", "TwoWings", "Wood", "YellowFlower"]),
-    "opencv-doc": (OPENCV, [
-        "fruits.jpg", "baboon.jpg", "aloeL.jpg", "building.jpg", "orange.jpg", "apple.jpg",
-        "butterfly.jpg", "messi5.jpg", "squirrel_cls.jpg", "leuvenA.jpg", "aero1.jpg",
-        "rubberwhale1.png", "ela_original.jpg", "board.jpg", "home.jpg",
-        "../alphamat/input_images/plant.jpg"]),
+    "plasma-workspace-wallpapers": (
+        PLASMA,
+        [
+            "BytheWater",
+            "ColdRipple",
+            "ColorfulCups",
+            "DarkestHour",
+            "EveningGlow",
+            "FallenLeaf",
+            "Grey",
+            "Kite",
+            "OneStandsOut",
+            "Path",
+            "Volna",
+            "summer_1am",
+        ],
+    ),
+    "mate-backgrounds": (
+        MATE,
+        [
+            "Aqua",
+            "Blinds",
+            "Dune",
+            "FreshFlower",
+            "Garden",
+            "GreenMeadow",
+            "LadyBird",
+            "RainDrops",
+            "Storm",
+            "TwoWings",
+            "Wood",
+            "YellowFlower",
+        ],
+    ),
+    "opencv-doc": (
+        OPENCV,
+        [
+            "fruits.jpg",
+            "baboon.jpg",
+            "aloeL.jpg",
+            "building.jpg",
+            "orange.jpg",
+            "apple.jpg",
+            "butterfly.jpg",
+            "messi5.jpg",
+            "squirrel_cls.jpg",
+            "leuvenA.jpg",
+            "aero1.jpg",
+            "rubberwhale1.png",
+            "ela_original.jpg",
+            "board.jpg",
+            "home.jpg",
+            "../alphamat/input_images/plant.jpg",
+        ],
+    ),
     "darknet": (DARKNET, ["eagle", "giraffe", "kite"]),
 }
 
@@ -50,11 +94,14 @@ def download(packages: list[str], folder: Path) -> Path:
     """``apt-get download`` each package into ``folder`` and unpack it; the unpacked tree's root."""
     tree = folder / "tree"
     tree.mkdir()
-    done = subprocess.run(["apt-get", "download", *packages], cwd=folder, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["apt-get", "download", *packages], cwd=folder, capture_output=True, text=True
+    )
     if done.returncode != 0:
-        sys.exit(f"apt-get download failed ({done.stderr.strip()}). Run `apt-get update` first, "
-                 "or use any folder of photos instead (the notebook's photo_dir).")
+        sys.exit(
+            f"apt-get download failed ({done.stderr.strip()}). Run `apt-get update` first, "
+            "or use any folder of photos instead (the notebook's photo_dir)."
+        )
     for deb in sorted(folder.glob("*.deb")):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
     return tree
@@ -99,8 +146,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tree = download(sorted(TRAIN), Path(tmp))
         written = keep(tree, TRAIN, args.out, args.size)
-    print(f"{args.out}: {written} photos written, {len(nst_photos(args.out))} in all "
-          f"(long side {args.size} px)")
+    print(
+        f"{args.out}: {written} photos written, {len(nst_photos(args.out))} in all "
+        f"(long side {args.size} px)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ import nst_utils as nst  # noqa: E402
 
 def notebook_code(path: Path = NOTEBOOK) -> tuple[dict, dict]:
     """(the parameters cell's values, the namespace of the notebook's functions and classes)."""
-    cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
-             if c["cell_type"] == "code"]
+    cells = [
+        c for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"
+    ]
     params: dict = {}
     namespace: dict = {"__name__": "fast_style_transfer"}
     for cell in cells:
@@ -55,12 +56,31 @@ def notebook_code(path: Path = NOTEBOOK) -> tuple[dict, dict]:
 def main(argv: list[str] | None = None) -> dict:
     params, nb = notebook_code()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("style_path", "photo_dir", "image_size", "crop", "batch", "lr", "steps", "seed",
-                 "width", "blocks", "content_weight", "style_weight", "print_every",
-                 "checkpoint_every", "device"):
+    for name in (
+        "style_path",
+        "photo_dir",
+        "image_size",
+        "crop",
+        "batch",
+        "lr",
+        "steps",
+        "seed",
+        "width",
+        "blocks",
+        "content_weight",
+        "style_weight",
+        "print_every",
+        "checkpoint_every",
+        "device",
+    ):
         value = params[name]
-        parser.add_argument("--" + name.replace("_", "-").replace("-path", ""), dest=name,
-                            type=type(value), default=value, help=f"default {value!r}")
+        parser.add_argument(
+            "--" + name.replace("_", "-").replace("-path", ""),
+            dest=name,
+            type=type(value),
+            default=value,
+            help=f"default {value!r}",
+        )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "fast_training")
     parser.add_argument("--ship", type=Path, default=None, help="where the final model goes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
@@ -73,30 +93,61 @@ def main(argv: list[str] | None = None) -> dict:
     vgg = nst.load_vgg19("caffe", device=device)
     style = nst.image_to_tensor(nst.load_image(args.style_path, args.image_size), device)
     style_targets = nb["style_targets_of"](vgg, style, params["style_layers"])
-    photos = [nst.image_to_tensor(p, device)[0]
-              for p in nst.load_photos(args.photo_dir, args.image_size, min_size=args.crop)]
-    info = dict(style=Path(args.style_path).name, image_size=args.image_size, crop=args.crop,
-                batch=args.batch, lr=args.lr, seed=args.seed, content_weight=args.content_weight,
-                style_weight=args.style_weight, photos=len(photos), device=str(device),
-                threads=torch.get_num_threads())
+    photos = [
+        nst.image_to_tensor(p, device)[0]
+        for p in nst.load_photos(args.photo_dir, args.image_size, min_size=args.crop)
+    ]
+    info = dict(
+        style=Path(args.style_path).name,
+        image_size=args.image_size,
+        crop=args.crop,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        content_weight=args.content_weight,
+        style_weight=args.style_weight,
+        photos=len(photos),
+        device=str(device),
+        threads=torch.get_num_threads(),
+    )
     print(f"training on {len(photos)} photos from {args.photo_dir}: {info}", flush=True)
     net = nb["TransformNet"](args.width, args.blocks).to(device)
     save = partial(nb["save_checkpoint"], out=out, info=info)
     start = time.perf_counter()
     history = nb["train_network"](
-        net, vgg, photos, style_targets, args.steps, crop=args.crop, batch=args.batch, lr=args.lr,
-        content_layers=params["content_layers"], seed=args.seed,
+        net,
+        vgg,
+        photos,
+        style_targets,
+        args.steps,
+        crop=args.crop,
+        batch=args.batch,
+        lr=args.lr,
+        content_layers=params["content_layers"],
+        seed=args.seed,
         weights=dict(content_weight=args.content_weight, style_weight=args.style_weight),
-        on_step=partial(nb["on_step"], steps=args.steps, every=args.print_every, preview=None,
-                        handle=None, save_every=args.checkpoint_every, save=save))
+        on_step=partial(
+            nb["on_step"],
+            steps=args.steps,
+            every=args.print_every,
+            preview=None,
+            handle=None,
+            save_every=args.checkpoint_every,
+            save=save,
+        ),
+    )
     seconds = time.perf_counter() - start
-    info.update(steps=len(history), seconds=round(seconds, 1),
-                final_loss=history[-1]["loss"] if history else None)
+    info.update(
+        steps=len(history),
+        seconds=round(seconds, 1),
+        final_loss=history[-1]["loss"] if history else None,
+    )
     out.save_json(history, "history.json")
     if args.ship is not None and history:
         checkpoint = nb["make_checkpoint"](net.eval(), info)
-        path = nst.OutputDir(args.ship.parent).save_bytes(nst.checkpoint_bytes(checkpoint),
-                                                          args.ship.name)
+        path = nst.OutputDir(args.ship.parent).save_bytes(
+            nst.checkpoint_bytes(checkpoint), args.ship.name
+        )
         print(f"model: {path}")
     print(f"done: {json.dumps(info)}", flush=True)
     return info

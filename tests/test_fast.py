@@ -74,9 +74,18 @@ def test_a_few_training_steps_lower_the_loss(fast, caffe_vgg, one_thread):
     p = fast["params"]
     style = fast["style_targets_of"](caffe_vgg, small("starry_night.jpg", 64), p["style_layers"])
     photos = [small("dog.jpg", 48)[0, :, :, :48]]  # one 36 x 48 photo: crops of one scene
-    history = fast["train_network"](net, caffe_vgg, photos, style, 12, crop=36, batch=2, lr=1e-3,
-                                    content_layers=p["content_layers"],
-                                    weights=dict(content_weight=1.0, style_weight=5.0))
+    history = fast["train_network"](
+        net,
+        caffe_vgg,
+        photos,
+        style,
+        12,
+        crop=36,
+        batch=2,
+        lr=1e-3,
+        content_layers=p["content_layers"],
+        weights=dict(content_weight=1.0, style_weight=5.0),
+    )
     losses = [h["loss"] for h in history]
     assert len(losses) == 12 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
@@ -88,9 +97,15 @@ def test_random_crops_have_the_asked_shape_and_come_from_the_photos(fast):
     crops = fast["random_crops"](photos, 32, 5, torch.Generator().manual_seed(1))
     assert crops.shape == (5, 3, 32, 32)
     for crop in crops:
-        found = [any(torch.equal(c, ph[:, t:t + 32, s:s + 32])
-                     for t in range(ph.shape[1] - 31) for s in range(ph.shape[2] - 31))
-                 for ph in photos for c in (crop, crop.flip(-1))]
+        found = [
+            any(
+                torch.equal(c, ph[:, t : t + 32, s : s + 32])
+                for t in range(ph.shape[1] - 31)
+                for s in range(ph.shape[2] - 31)
+            )
+            for ph in photos
+            for c in (crop, crop.flip(-1))
+        ]
         assert any(found)
 
 
@@ -186,8 +201,11 @@ def test_the_pan_and_zoom_clip_moves_smoothly(fast):
 
 
 def test_the_notebook_has_one_parameters_cell_and_short_lines_and_cells():
-    tagged = [i for i, c in enumerate(c for c in NB["cells"] if c["cell_type"] == "code")
-              if "parameters" in c.get("metadata", {}).get("tags", [])]
+    tagged = [
+        i
+        for i, c in enumerate(c for c in NB["cells"] if c["cell_type"] == "code")
+        if "parameters" in c.get("metadata", {}).get("tags", [])
+    ]
     assert len(tagged) == 1
     long_cells = [i for i, src in enumerate(CODE) if i != tagged[0] and src.count("\n") >= 25]
     assert not long_cells
@@ -196,25 +214,44 @@ def test_the_notebook_has_one_parameters_cell_and_short_lines_and_cells():
 
 
 def test_no_function_of_the_notebook_reads_a_global_variable():
-    code = ["\n".join(x for x in src.splitlines() if not x.lstrip().startswith("%"))
-            for src in CODE]
+    code = [
+        "\n".join(x for x in src.splitlines() if not x.lstrip().startswith("%")) for src in CODE
+    ]
     tables = [symtable.symtable(text, "cell", "exec") for text in code]
     defined = {t.get_name() for table in tables for t in table.get_children()}
-    modules = {"torch", "F", "nn", "nst", "plt", "partial", "Path", "np", "time", "io",
-               "IPython", "Image"}
+    modules = {
+        "torch",
+        "F",
+        "nn",
+        "nst",
+        "plt",
+        "partial",
+        "Path",
+        "np",
+        "time",
+        "io",
+        "IPython",
+        "Image",
+    }
     allowed = modules | set(dir(builtins)) | defined
     offenders = {}
 
     def walk(table, owner):
         for child in table.get_children():
             top_comprehension = owner is None and child.get_name() in (
-                "genexpr", "listcomp", "setcomp", "dictcomp", "lambda")
+                "genexpr",
+                "listcomp",
+                "setcomp",
+                "dictcomp",
+                "lambda",
+            )
             if top_comprehension:  # code of the cell itself, which may read its variables
                 walk(child, None)
                 continue
             name = owner or child.get_name()
-            used = {s.get_name() for s in child.get_symbols()
-                    if s.is_global() and s.is_referenced()}
+            used = {
+                s.get_name() for s in child.get_symbols() if s.is_global() and s.is_referenced()
+            }
             if used - allowed:
                 offenders[name] = sorted(used - allowed)
             walk(child, name)
@@ -237,14 +274,35 @@ def test_the_stored_notebook_is_small_and_clean():
 def test_the_notebook_trains_and_runs_headless_at_tiny_sizes(tmp_path, tiny_photos):
     out = tmp_path / "out"
     pm.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "executed.ipynb"), kernel_name="python3", cwd=str(ROOT),
-        progress_bar=False, log_output=False,
-        parameters=dict(train=True, model_path=str(tmp_path / "absent.pt"),
-                        photo_dir=str(tiny_photos),
-                        output_dir=str(out), device="cpu", image_size=64, big_size=80, width=4,
-                        blocks=1, steps=3, crop=40, batch=2, print_every=1, checkpoint_every=2,
-                        lbfgs_evals=3, quality_evals=3, video_frames=4, video_size=48,
-                        video_lbfgs_frames=2, video_lbfgs_evals=2))
+        str(NOTEBOOK),
+        str(tmp_path / "executed.ipynb"),
+        kernel_name="python3",
+        cwd=str(ROOT),
+        progress_bar=False,
+        log_output=False,
+        parameters=dict(
+            train=True,
+            model_path=str(tmp_path / "absent.pt"),
+            photo_dir=str(tiny_photos),
+            output_dir=str(out),
+            device="cpu",
+            image_size=64,
+            big_size=80,
+            width=4,
+            blocks=1,
+            steps=3,
+            crop=40,
+            batch=2,
+            print_every=1,
+            checkpoint_every=2,
+            lbfgs_evals=3,
+            quality_evals=3,
+            video_frames=4,
+            video_size=48,
+            video_lbfgs_frames=2,
+            video_lbfgs_evals=2,
+        ),
+    )
     executed = json.loads((tmp_path / "executed.ipynb").read_text(encoding="utf-8"))
     outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
@@ -267,10 +325,30 @@ def test_the_notebook_trains_and_runs_headless_at_tiny_sizes(tmp_path, tiny_phot
 
 def test_the_training_script_reproduces_a_model(tmp_path, tiny_photos, one_thread):
     ship = tmp_path / "models" / "tiny.pt"
-    info = train_fast_model.main(["--steps", "2", "--crop", "40", "--image-size", "64",
-                                  "--width", "4", "--blocks", "1", "--photo-dir", str(tiny_photos),
-                                  "--out", str(tmp_path / "run"), "--ship", str(ship),
-                                  "--checkpoint-every", "1", "--print-every", "1"])
+    info = train_fast_model.main(
+        [
+            "--steps",
+            "2",
+            "--crop",
+            "40",
+            "--image-size",
+            "64",
+            "--width",
+            "4",
+            "--blocks",
+            "1",
+            "--photo-dir",
+            str(tiny_photos),
+            "--out",
+            str(tmp_path / "run"),
+            "--ship",
+            str(ship),
+            "--checkpoint-every",
+            "1",
+            "--print-every",
+            "1",
+        ]
+    )
     assert info["steps"] == 2 and np.isfinite(info["final_loss"])
     ckpt = nst.load_checkpoint(ship, KIND)
     assert ckpt["info"]["steps"] == 2 and ckpt["config"] == {"width": 4, "blocks": 1}
@@ -291,8 +369,9 @@ def test_the_photo_script_keeps_the_listed_photos_resized(tmp_path, monkeypatch)
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (900, 600), "green").save(path)
     monkeypatch.setattr(fetch_photos, "download", lambda packages, folder: tree)
-    monkeypatch.setattr("sys.argv", ["fetch_photos.py", "--out", str(tmp_path / "photos"),
-                                     "--size", "128"])
+    monkeypatch.setattr(
+        "sys.argv", ["fetch_photos.py", "--out", str(tmp_path / "photos"), "--size", "128"]
+    )
     fetch_photos.main()
     photos = nst.list_photos(tmp_path / "photos")
     assert len(photos) == sum(len(names) for _, names in fetch_photos.TRAIN.values())
