@@ -30,10 +30,12 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # on shared cores, idle threads sleep
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -43,13 +45,16 @@ import nst_utils as nst  # noqa: E402
 from scripts.train_fast_model import notebook_code  # noqa: E402
 
 
-def fastest_seconds(fn, repeat: int) -> float:
-    """The fastest of ``repeat`` calls of ``fn()`` in seconds, after one warm-up call."""
+def fastest_seconds(fn, repeat: int, device: torch.device) -> float:
+    """The fastest of ``repeat`` calls of ``fn()`` in seconds, after one warm-up call (on a GPU,
+    each timed until its kernels have finished)."""
     fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -79,22 +84,35 @@ def main(argv: list[str] | None = None) -> dict:
         args.size, args.image_size, args.budget, args.evals = 64, 64, 6, 2
         args.quality_evals, args.train_steps, args.repeat, args.photos = 3, 1, 1, 1
     device = nst.pick_device(args.device)
+    torch.backends.cudnn.allow_tf32 = False  # float32 convolutions on a GPU, as the notebook
     weights = dict(content_weight=params["content_weight"], style_weight=params["style_weight"])
     c_layers, s_layers = params["content_layers"], params["style_layers"]
     vgg = nst.load_vgg19("caffe", device=device)
     net, info = nb["load_model"](ROOT / args.model, device)
     heldout = [ROOT / p for p in params["heldout"][: args.photos]]
 
-    def tensor(path, size):
-        return nst.image_to_tensor(nst.load_image(path, size), device)
+    def tensor(path, size, enlarge=False):
+        """The photo at long side ``size`` px: shrunk, or (``enlarge``) also enlarged to it."""
+        image = nst.load_image(path, size)
+        if enlarge and max(image.size) < size:
+            scale = size / max(image.size)
+            image = image.resize([round(scale * s) for s in image.size], Image.Resampling.LANCZOS)
+        return nst.image_to_tensor(image, device)
 
     # seconds per picture at --size: network vs. L-BFGS (per evaluation, times the budget)
     style_big = nb["style_targets_of"](vgg, tensor(ROOT / args.style, args.size), s_layers)
-    net_s, eval_s = [], []
+    net_s, eval_s, peak = [], [], 0
     for path in heldout:
-        photo = tensor(path, args.size)
-        net_s.append(fastest_seconds(lambda photo=photo: nb["paint"](net, photo), args.repeat))
+        photo = tensor(path, args.size, enlarge=True)  # the photos are 640 to 773 px wide
+        if device.type == "cuda":  # the painting's own memory: beyond what is loaded already
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        paint = partial(nb["paint"], net, photo)
+        net_s.append(fastest_seconds(paint, args.repeat, device))
+        if device.type == "cuda":
+            peak = max(peak, torch.cuda.max_memory_allocated() - before)
         loss_fn = nb["loss_for"](photo, vgg, style_big, c_layers, weights)
+        nb["lbfgs"](photo, loss_fn, 2)  # warm-up: the first passes at a size pick the kernels
         start = time.perf_counter()
         done = len(nb["lbfgs"](photo, loss_fn, args.evals)[1])
         eval_s.append((time.perf_counter() - start) / done)
@@ -159,6 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"measured over {args.evals} and multiplied)",
         ),
         ("speed-up", f"{lbfgs_pic / net_pic:.0f}x"),
+        *(
+            [("network, GPU memory of one picture (MiB, peak)", f"{peak / 2**20:.0f}")]
+            if device.type == "cuda"
+            else []
+        ),
         (
             f"quality: L-BFGS evaluations to match the network at {args.image_size} px",
             ", ".join(f"{k} {v}" for k, v in quality.items()),
@@ -177,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speed_up": lbfgs_pic / net_pic,
         "quality": quality,
         "train_step_s": step_s,
+        "peak_bytes": peak,
     }
 
 
