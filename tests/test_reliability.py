@@ -135,8 +135,6 @@ def notebook_setup(monkeypatch, tmp_path: Path, **overrides) -> dict:
 
 def saving_cell(tmp_path: Path, name: str, art: str, frames: int = 2) -> dict:
     """The notebook's saving cell run on a tiny fake result; its namespace."""
-    import matplotlib.pyplot as plt
-
     h, w = 24, 32
     cfg = SimpleNamespace(
         output_dir=tmp_path / "results",
@@ -162,12 +160,10 @@ def saving_cell(tmp_path: Path, name: str, art: str, frames: int = 2) -> dict:
         evaluations=1,
         changed=True,
     )
-    ns = dict(
-        nst=nst,
-        plt=plt,
-        time=time,
-        Path=Path,
-        torch=torch,
+    ns: dict = {}  # the notebook's own imports cell, then the names the saving cell reads
+    imports = cell_with("import nst_utils as nst")
+    exec("\n".join(line for line in imports.splitlines() if not line.startswith("%")), ns)
+    ns.update(
         cfg=cfg,
         result=result,
         content=torch.rand(1, 3, h, w),
