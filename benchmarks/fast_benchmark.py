@@ -30,7 +30,6 @@ import platform
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # on shared cores, idle threads sleep
@@ -43,20 +42,6 @@ if str(ROOT) not in sys.path:
 
 import nst_utils as nst  # noqa: E402
 from scripts.train_fast_model import notebook_code  # noqa: E402
-
-
-def fastest_seconds(fn, repeat: int, device: torch.device) -> float:
-    """The fastest of ``repeat`` calls of ``fn()`` in seconds, after one warm-up call (on a GPU,
-    each timed until its kernels have finished)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -107,8 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":  # the painting's own memory: beyond what is loaded already
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-        paint = partial(nb["paint"], net, photo)
-        net_s.append(fastest_seconds(paint, args.repeat, device))
+        net_s.append(nb["fastest"](nb["paint"], net, photo, repeat=args.repeat)[1])
         if device.type == "cuda":
             peak = max(peak, torch.cuda.max_memory_allocated() - before)
         loss_fn = nb["loss_for"](photo, vgg, style_big, c_layers, weights)

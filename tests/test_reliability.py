@@ -118,6 +118,12 @@ def cell_with(text: str) -> str:
     return cells[0]
 
 
+def run_imports_cell(ns: dict) -> None:
+    """The notebook's imports cell (its %magics left out), run in the namespace ``ns``."""
+    imports = cell_with("import nst_utils as nst")
+    exec("\n".join(line for line in imports.splitlines() if not line.startswith("%")), ns)
+
+
 def notebook_setup(monkeypatch, tmp_path: Path, **overrides) -> dict:
     """The notebook's parameters cell, ``overrides`` (as papermill's -p injects them), its imports
     cell, its KNOBS cell and its set-up cell, run from the repository root; the namespace."""
@@ -126,8 +132,7 @@ def notebook_setup(monkeypatch, tmp_path: Path, **overrides) -> dict:
     exec(cell_with("content_path = "), ns)
     ns.update(output_dir=str(tmp_path / "results"))
     ns.update(overrides)
-    imports = cell_with("import nst_utils as nst")
-    exec("\n".join(line for line in imports.splitlines() if not line.startswith("%")), ns)
+    run_imports_cell(ns)
     exec(cell_with("KNOBS = {"), ns)
     exec(cell_with("nst.check_settings(globals()"), ns)
     return ns
@@ -161,8 +166,7 @@ def saving_cell(tmp_path: Path, name: str, art: str, frames: int = 2) -> dict:
         changed=True,
     )
     ns: dict = {}  # the notebook's own imports cell, then the names the saving cell reads
-    imports = cell_with("import nst_utils as nst")
-    exec("\n".join(line for line in imports.splitlines() if not line.startswith("%")), ns)
+    run_imports_cell(ns)
     ns.update(
         cfg=cfg,
         result=result,
